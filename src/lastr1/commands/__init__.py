@@ -1,0 +1,1 @@
+"""One module per CLI command: a ``Config`` dataclass and ``run(cfg)``."""

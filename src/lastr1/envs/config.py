@@ -1,0 +1,37 @@
+"""The environment config shared by every command that builds a simulator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class EnvConfig:
+    """Which simulator, which tasks, and how to render and vectorise them."""
+
+    backend: Literal["metaworld", "libero", "toy"] = "metaworld"
+    # LIBERO: libero_spatial | libero_object | libero_goal | libero_10; Meta-World: "metaworld"; toy: "toy".
+    # Empty picks the backend's first suite.
+    suite: str = ""
+    # Task names inside the suite (Meta-World: "pick-place-v3", ...; LIBERO: task names or ids).
+    # Empty means the backend's default set.
+    tasks: list[str] = field(default_factory=list)
+    num_envs: int = 2
+    image_size: int = 64
+    wrist_view: bool = False
+    # None uses the backend's per-suite default (LIBERO eval: 220/280/300/520).
+    max_steps: int | None = None
+    # "sync": all envs stepped in this process; "async": one subprocess per env (spawn).
+    vector: Literal["sync", "async"] = "sync"
+    seed: int = 0
+    # Where backends may write (generated train initial states, LIBERO config); never elsewhere.
+    cache_dir: str = ".cache/lastr1"
+
+    def __post_init__(self) -> None:
+        if self.num_envs < 1:
+            raise ValueError(f"env.num_envs={self.num_envs} must be >= 1")
+        if not 16 <= self.image_size <= 512:
+            raise ValueError(f"env.image_size={self.image_size} must be in [16, 512] pixels")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"env.max_steps={self.max_steps} must be >= 1 (or null for the default)")

@@ -1,0 +1,260 @@
+"""Batching of :class:`~lastr1.envs.base.SingleEnv` instances into a :class:`VectorEnv`.
+
+Two modes, one behaviour:
+
+* ``sync``: every slot lives in this process and is stepped in a loop. Best when rendering is
+  cheap or the policy forward dominates (no pickling of images).
+* ``async``: one ``spawn`` subprocess per slot (fork hangs on GL contexts), stepped in parallel
+  through pipes. Best when simulation + rendering dominate and cores are free.
+
+Each slot lazily builds one ``SingleEnv`` per task it is asked to run and keeps up to
+``max_cached_per_slot`` of them (LIBERO envs are ~2 GB, so it keeps one; Meta-World keeps all).
+Episodes end on success (``terminated``) or at the task's ``max_steps`` (``truncated``); a finished
+slot is not stepped again and keeps returning its final observation with zero reward until reset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from lastr1.envs.base import (
+    EpisodeSpec,
+    InitSet,
+    Observation,
+    SingleEnv,
+    SingleObs,
+    StepResult,
+    TaskSpec,
+    check_actions,
+    check_episodes,
+)
+from lastr1.envs.config import EnvConfig
+
+SingleEnvFactory = Callable[[TaskSpec, EnvConfig], SingleEnv]
+
+
+class _Slot:
+    """One environment slot: a small LRU cache of per-task simulators plus the episode state."""
+
+    def __init__(self, cfg: EnvConfig, tasks: list[TaskSpec], factory: SingleEnvFactory, max_cached: int):
+        self.cfg, self.tasks, self.factory, self.max_cached = cfg, tasks, factory, max(1, max_cached)
+        self.envs: OrderedDict[int, SingleEnv] = OrderedDict()
+        self.current: SingleEnv | None = None
+
+    def env_for(self, task: int) -> SingleEnv:
+        if task in self.envs:
+            self.envs.move_to_end(task)
+            return self.envs[task]
+        while len(self.envs) >= self.max_cached:
+            _, old = self.envs.popitem(last=False)
+            old.close()
+        env = self.factory(self.tasks[task], self.cfg)
+        self.envs[task] = env
+        return env
+
+    def reset(self, task: int, init_set: InitSet, init_index: int) -> SingleObs:
+        self.current = self.env_for(task)
+        return self.current.reset(init_set, init_index)
+
+    def step(self, action: np.ndarray) -> tuple[SingleObs, float, bool]:
+        if self.current is None:
+            raise RuntimeError("step() before reset(): call reset(episodes) first")
+        return self.current.step(action)
+
+    def num_init_states(self, task: int, init_set: InitSet) -> int:
+        return self.env_for(task).num_init_states(init_set)
+
+    def close(self) -> None:
+        for env in self.envs.values():
+            env.close()
+        self.envs.clear()
+
+
+def _worker(
+    conn: Connection, cfg: EnvConfig, tasks: list[TaskSpec], factory: SingleEnvFactory, cache: int
+) -> None:
+    """Subprocess loop: execute slot methods sent through the pipe until told to close."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    slot = _Slot(cfg, tasks, factory, cache)
+    try:
+        while True:
+            method, args = conn.recv()
+            if method == "close":
+                slot.close()
+                conn.send(("ok", None))
+                break
+            try:
+                conn.send(("ok", getattr(slot, method)(*args)))
+            except Exception as exc:  # report to the parent with the worker's traceback
+                conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    except (EOFError, KeyboardInterrupt):
+        slot.close()
+    finally:
+        conn.close()
+
+
+class _Remote:
+    """Parent-side handle to a slot running in a spawned subprocess."""
+
+    def __init__(
+        self, ctx: Any, cfg: EnvConfig, tasks: list[TaskSpec], factory: SingleEnvFactory, cache: int
+    ):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child, cfg, tasks, factory, cache), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def send(self, method: str, *args: Any) -> None:
+        self.conn.send((method, args))
+
+    def recv(self) -> Any:
+        try:
+            status, payload = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"env worker {self.proc.pid} died (exit code {self.proc.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"env worker failed: {payload}")
+        return payload
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            try:
+                self.send("close")
+                self.recv()
+            except (RuntimeError, BrokenPipeError, OSError):
+                pass
+        self.proc.join(timeout=10)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+class BatchedEnv:
+    """The :class:`VectorEnv` implementation shared by all backends."""
+
+    def __init__(
+        self,
+        cfg: EnvConfig,
+        tasks: list[TaskSpec],
+        factory: SingleEnvFactory,
+        max_cached_per_slot: int,
+    ):
+        if not tasks:
+            raise ValueError("env.tasks resolved to no task; name at least one (`lastr1 envs` lists them)")
+        self.cfg = cfg
+        self.tasks = list(tasks)
+        self.num_envs = cfg.num_envs
+        self.image_size = cfg.image_size
+        self.num_views = 2 if cfg.wrist_view else 1
+        self._async = cfg.vector == "async"
+        if self._async:
+            ctx = mp.get_context("spawn")
+            self._remotes = [
+                _Remote(ctx, cfg, self.tasks, factory, max_cached_per_slot) for _ in range(self.num_envs)
+            ]
+        else:
+            self._slots = [_Slot(cfg, self.tasks, factory, max_cached_per_slot) for _ in range(self.num_envs)]
+        self._task = np.zeros(self.num_envs, dtype=np.int64)
+        self._steps = np.zeros(self.num_envs, dtype=np.int64)
+        self._done = np.ones(self.num_envs, dtype=bool)
+        self._success = np.zeros(self.num_envs, dtype=bool)
+        self._last: list[SingleObs | None] = [None] * self.num_envs
+        self._closed = False
+
+    # -- dispatch -------------------------------------------------------------------------------
+    def _call_all(self, method: str, per_slot_args: list[tuple[Any, ...]], which: list[int]) -> list[Any]:
+        """Call ``method`` on the slots in ``which``; async slots run concurrently."""
+        if self._async:
+            for i, args in zip(which, per_slot_args, strict=True):
+                self._remotes[i].send(method, *args)
+            return [self._remotes[i].recv() for i in which]
+        return [getattr(self._slots[i], method)(*args) for i, args in zip(which, per_slot_args, strict=True)]
+
+    # -- VectorEnv API --------------------------------------------------------------------------
+    def num_init_states(self, task: int, init_set: InitSet) -> int:
+        if not 0 <= task < len(self.tasks):
+            raise ValueError(f"task index {task} out of range: this env has {len(self.tasks)} tasks")
+        return int(self._call_all("num_init_states", [(task, init_set)], [0])[0])
+
+    def reset(self, episodes: list[EpisodeSpec]) -> Observation:
+        check_episodes(episodes, self.num_envs, len(self.tasks))
+        args = [(e.task, e.init_set, e.init_index) for e in episodes]
+        obs = self._call_all("reset", args, list(range(self.num_envs)))
+        self._task[:] = [e.task for e in episodes]
+        self._steps[:] = 0
+        self._done[:] = False
+        self._success[:] = False
+        self._last = list(obs)
+        return self._batch(self._last)
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        acts = check_actions(actions, self.num_envs)
+        active = [i for i in range(self.num_envs) if not self._done[i]]
+        reward = np.zeros(self.num_envs, dtype=np.float32)
+        results = self._call_all("step", [(acts[i],) for i in active], active)
+        for i, (obs, rew, success) in zip(active, results, strict=True):
+            self._last[i] = obs
+            reward[i] = rew
+            self._steps[i] += 1
+            self._success[i] |= bool(success)
+        terminated = self._success.copy()
+        max_steps = np.array([self.tasks[t].max_steps for t in self._task])
+        truncated = ~terminated & (self._steps >= max_steps)
+        was_active = np.zeros(self.num_envs, dtype=bool)
+        was_active[active] = True
+        self._done |= terminated | truncated
+        info = {"success": self._success.copy(), "active": was_active, "steps": self._steps.copy()}
+        return StepResult(self._batch(self._last), reward, terminated, truncated, info)
+
+    @property
+    def done(self) -> np.ndarray:
+        """Which slots have finished their episode (copy)."""
+        return self._done.copy()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._async:
+            for remote in self._remotes:
+                remote.close()
+        else:
+            for slot in self._slots:
+                slot.close()
+
+    def __enter__(self) -> BatchedEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def _batch(self, items: list[SingleObs | None]) -> Observation:
+        obs = [o for o in items if o is not None]
+        if len(obs) != len(items):
+            raise RuntimeError("some env slots were never reset")
+        return Observation(
+            images=np.stack([o.images for o in obs]),
+            proprio=np.stack([o.proprio for o in obs]).astype(np.float32),
+            instruction=[self.tasks[t].instruction for t in self._task],
+            privileged=np.stack([o.privileged for o in obs]).astype(np.float32),
+            task=self._task.copy(),
+        )
+
+
+def build_vector_env(
+    cfg: EnvConfig, tasks: list[TaskSpec], factory: SingleEnvFactory, max_cached_per_slot: int
+) -> BatchedEnv:
+    """Batch ``cfg.num_envs`` slots of ``factory``-made simulators (see module docstring)."""
+    return BatchedEnv(cfg, tasks, factory, max_cached_per_slot)

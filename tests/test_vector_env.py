@@ -1,0 +1,108 @@
+"""The shared vector env (sync and spawn-subprocess) on the GL-free toy backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lastr1.envs import EnvConfig, EpisodeSpec, make_env, resolve_tasks
+
+
+def _env(**kw):
+    return make_env(EnvConfig(backend="toy", image_size=32, **kw))
+
+
+def _rollout(env, episodes, steps=8):
+    obs = env.reset(episodes)
+    rng = np.random.default_rng(0)
+    rewards, images = [], [obs.images]
+    for _ in range(steps):
+        res = env.step(rng.uniform(-1, 1, size=(env.num_envs, 7)))
+        rewards.append(res.reward)
+        images.append(res.obs.images)
+    return np.stack(rewards), np.stack(images)
+
+
+def test_shapes_and_dtypes():
+    with _env(num_envs=3, wrist_view=True) as env:
+        obs = env.reset([EpisodeSpec(task=i % 2) for i in range(3)])
+        assert obs.images.shape == (3, 2, 32, 32, 3) and obs.images.dtype == np.uint8
+        assert obs.proprio.dtype == np.float32 and obs.proprio.shape[0] == 3
+        assert obs.instruction[1] == "move the gripper to the blue target"
+        assert obs.task.tolist() == [0, 1, 0]
+        res = env.step(np.zeros((3, 7)))
+        assert res.reward.shape == (3,) and res.info["success"].dtype == bool
+
+
+@pytest.mark.parametrize("vector", ["sync", "async"])
+def test_same_spec_same_trajectory(vector):
+    specs = [EpisodeSpec(task=0, init_set="eval", init_index=3), EpisodeSpec(task=1, init_index=5)]
+    with _env(num_envs=2, vector=vector) as env:
+        r1, i1 = _rollout(env, specs)
+        r2, i2 = _rollout(env, specs)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(r1, r2)
+
+
+def test_async_matches_sync():
+    specs = [EpisodeSpec(task=1, init_index=2), EpisodeSpec(task=0, init_set="eval", init_index=0)]
+    with _env(num_envs=2, vector="sync") as env:
+        sync = _rollout(env, specs)
+    with _env(num_envs=2, vector="async") as env:
+        asyn = _rollout(env, specs)
+    np.testing.assert_array_equal(sync[1], asyn[1])
+
+
+def test_train_and_eval_sets_disjoint():
+    with _env(num_envs=1) as env:
+        first = lambda s, i: env.reset([EpisodeSpec(0, s, i)]).privileged[0].copy()  # noqa: E731
+        evals = {first("eval", i).tobytes() for i in range(env.num_init_states(0, "eval"))}
+        trains = {first("train", i).tobytes() for i in range(200)}
+    assert len(evals) == 50 and not evals & trains
+
+
+def test_episode_ends_on_success_and_stays_done():
+    with _env(num_envs=1) as env:
+        env.reset([EpisodeSpec(0, "eval", 0)])
+        slot = env._slots[0].current
+        total = 0.0
+        for _ in range(25):
+            res = env.step(slot.expert_action()[None])
+            total += float(res.reward[0])
+            if res.terminated[0]:
+                break
+        assert res.terminated[0] and res.info["success"][0] and total == 1.0
+        after = env.step(np.ones((1, 7)))
+        assert after.reward[0] == 0.0 and not after.info["active"][0] and after.terminated[0]
+
+
+def test_truncation_at_max_steps():
+    with make_env(EnvConfig(backend="toy", image_size=16, num_envs=1, max_steps=3)) as env:
+        env.reset([EpisodeSpec(0)])
+        flags = [bool(env.step(np.zeros((1, 7))).truncated[0]) for _ in range(3)]
+    assert flags == [False, False, True]
+
+
+def test_bad_inputs_are_clear():
+    with _env(num_envs=2) as env:
+        with pytest.raises(ValueError, match="one EpisodeSpec per env"):
+            env.reset([EpisodeSpec(0)])
+        with pytest.raises(ValueError, match="EpisodeSpec.task=5 out of range"):
+            env.reset([EpisodeSpec(5), EpisodeSpec(0)])
+        env.reset([EpisodeSpec(0), EpisodeSpec(1)])
+        with pytest.raises(ValueError, match=r"shape \(2, 7\)"):
+            env.step(np.zeros((2, 4)))
+        with pytest.raises(ValueError, match="NaN"):
+            env.step(np.full((2, 7), np.nan))
+    with pytest.raises(ValueError, match="init_set='test'"):
+        EpisodeSpec(0, "test")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown task 'reach-green'"):
+        resolve_tasks(EnvConfig(backend="toy", tasks=["reach-green"]))
+
+
+def test_async_worker_error_is_reported():
+    with (
+        _env(num_envs=1, vector="async") as env,
+        pytest.raises(RuntimeError, match="init_index=999999 out of"),
+    ):
+        env.reset([EpisodeSpec(0, "eval", 999_999)])
