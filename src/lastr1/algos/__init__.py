@@ -1,0 +1,19 @@
+"""RL objectives behind one registry: ``lapo``, ``ppo_action``, ``grpo_action``."""
+
+from lastr1.algos.advantages import discounted_returns, gae, grpo, whiten
+from lastr1.algos.base import AlgoConfig, Algorithm, NewTerms, OldTerms
+from lastr1.algos.registry import ALGORITHMS, get_algorithm, register_algorithm
+
+__all__ = [
+    "ALGORITHMS",
+    "AlgoConfig",
+    "Algorithm",
+    "NewTerms",
+    "OldTerms",
+    "discounted_returns",
+    "gae",
+    "get_algorithm",
+    "grpo",
+    "register_algorithm",
+    "whiten",
+]

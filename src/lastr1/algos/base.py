@@ -1,0 +1,79 @@
+"""What every RL algorithm sees: its config, the stored rollout batch, the recomputed policy terms.
+
+Algorithms never touch the model or the environment: the trainer recomputes ``NewTerms`` with
+``policy.log_probs`` on a minibatch of ``OldTerms`` and hands both to ``Algorithm.loss``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+
+
+@dataclass
+class AlgoConfig:
+    """RL objective settings; defaults are the LaST-R1 reference values (LASTR1_FACTS.md)."""
+
+    name: Literal["lapo", "ppo_action", "grpo_action"] = "lapo"
+    # "" = the algorithm's own default (lapo/ppo_action: gae, grpo_action: grpo).
+    advantage: Literal["", "gae", "grpo"] = ""
+    gamma: float = 0.99
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    latent_sigma: float = 10.0
+    w_action: float = 1.0
+    w_end: float = 1.0
+    w_latent: float = 0.1
+    value_coef: float = 1.0
+    value_clip: float = 0.5
+    entropy_coef: float = 0.0
+    success_reward: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.clip_low < 1 or self.clip_high <= 0:
+            raise ValueError("algo.clip_low must be in (0, 1) and algo.clip_high > 0 (reference: 0.2 / 0.28)")
+        if self.latent_sigma <= 0:
+            raise ValueError(f"algo.latent_sigma={self.latent_sigma} must be > 0 (reference: 10)")
+        if not 0 < self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ValueError("algo.gamma must be in (0, 1] and algo.lam in [0, 1]")
+
+
+@dataclass
+class OldTerms:
+    """Per-decision values recorded at rollout time (a flat minibatch of B valid decisions)."""
+
+    advantages: torch.Tensor  # (B,)
+    returns: torch.Tensor  # (B,)
+    values: torch.Tensor  # (B,)
+    logp_action_tokens: torch.Tensor  # (B, T) per action token
+    logp_stop: torch.Tensor  # (B,) chosen stop candidate; zeros when the policy has no latents
+    latents: torch.Tensor  # (B, K, D) latents fed back during the rollout
+    latent_mask: torch.Tensor  # (B, K) bool, valid slots (the chosen reasoning length)
+
+
+@dataclass
+class NewTerms:
+    """The same quantities recomputed by the current policy, teacher-forced on the stored prefix."""
+
+    logp_action_tokens: torch.Tensor  # (B, T)
+    logp_stop: torch.Tensor  # (B,)
+    latent_mu: torch.Tensor  # (B, K, D)
+    values: torch.Tensor  # (B,)
+    entropy: torch.Tensor  # (B,) mean per-token action entropy
+
+
+class Algorithm(Protocol):
+    """A registered RL objective."""
+
+    name: str
+    default_advantage: str
+    uses_value: bool
+    trains_reasoning: bool  # whether latents and the stop decision receive policy gradients
+
+    def loss(
+        self, new: NewTerms, old: OldTerms, cfg: AlgoConfig
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...

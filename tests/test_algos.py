@@ -1,0 +1,195 @@
+"""Advantage math on hand-made trajectories and clipped-loss gradients against a float64 reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lastr1.algos import AlgoConfig, NewTerms, OldTerms, gae, get_algorithm, grpo, whiten
+from lastr1.algos.lapo import latent_log_ratio
+
+
+def test_gae_by_hand_two_steps():
+    # One trajectory of 2 valid decisions + 1 pad; reward 5 on the last valid decision.
+    r = torch.tensor([[0.0, 5.0, 9.0]])
+    v = torch.tensor([[1.0, 2.0, 7.0]])
+    m = torch.tensor([[True, True, False]])
+    g, lam = 0.9, 0.5
+    adv, ret = gae(r, v, m, gamma=g, lam=lam)
+    d1 = 5.0 - 2.0  # terminal: no bootstrap from the pad's value 7
+    d0 = 0.0 + g * 2.0 - 1.0
+    assert adv[0, 1].item() == pytest.approx(d1)
+    assert adv[0, 0].item() == pytest.approx(d0 + g * lam * d1)
+    assert adv[0, 2].item() == 0.0 and ret[0, 2].item() == 0.0  # padding leaks nothing
+    assert ret[0, 0].item() == pytest.approx(adv[0, 0].item() + 1.0)
+
+
+def test_gae_lambda_one_is_discounted_return_minus_value():
+    torch.manual_seed(0)
+    r, v = torch.randn(3, 6), torch.randn(3, 6)
+    m = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] + [0] * 5], dtype=torch.bool)
+    adv, _ = gae(r, v, m, gamma=0.97, lam=1.0)
+    for i in range(3):
+        n = int(m[i].sum())
+        for t in range(n):
+            ret = sum(0.97 ** (k - t) * r[i, k].item() for k in range(t, n))
+            assert adv[i, t].item() == pytest.approx(ret - v[i, t].item(), abs=1e-5)
+
+
+def test_grpo_groups_by_hand():
+    # Group 0: returns 5, 0, 5, 0 -> ±1; group 1: all succeed -> no signal.
+    r = torch.zeros(6, 3)
+    r[0, 2] = r[2, 1] = r[4, 0] = r[5, 2] = 5.0
+    m = torch.ones(6, 3, dtype=torch.bool)
+    m[2, 2] = False
+    group = torch.tensor([0, 0, 0, 0, 1, 1])
+    adv = grpo(r, m, group)
+    assert adv[0, 0].item() == pytest.approx(1.0, abs=1e-5)
+    assert adv[1, 0].item() == pytest.approx(-1.0, abs=1e-5)
+    assert adv[2, 2].item() == 0.0  # padding
+    assert torch.all(adv[4:] == 0)
+
+
+def test_whiten_ignores_padding():
+    x = torch.tensor([[1.0, 3.0, 100.0]])
+    m = torch.tensor([[True, True, False]])
+    w = whiten(x, m)
+    assert w[0, :2].tolist() == pytest.approx([-1.0, 1.0], abs=1e-4) and w[0, 2].item() == 0.0
+
+
+def _terms(b=5, t=4, k=3, d=6, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    old = OldTerms(
+        advantages=rnd(b),
+        returns=rnd(b),
+        values=rnd(b),
+        logp_action_tokens=-rnd(b, t).abs(),
+        logp_stop=-rnd(b).abs(),
+        latents=rnd(b, k, d) * 3,
+        latent_mask=torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.bool),
+    )
+    new = NewTerms(
+        logp_action_tokens=(old.logp_action_tokens + 0.4 * rnd(b, t)).requires_grad_(),
+        logp_stop=(old.logp_stop + 0.5 * rnd(b)).requires_grad_(),
+        latent_mu=(old.latents + 4 * rnd(b, k, d)).requires_grad_(),
+        values=(old.values + 0.7 * rnd(b)).requires_grad_(),
+        entropy=rnd(b).abs().requires_grad_(),
+    )
+    return new, old
+
+
+def _reference_lapo(new: NewTerms, old: OldTerms, cfg: AlgoConfig) -> torch.Tensor:
+    """Element-by-element float64 transcription of the LAPO formula (no vectorisation)."""
+
+    def surr(r, a):
+        lo, hi = 1 - cfg.clip_low, 1 + cfg.clip_high
+        return torch.maximum(-a * r, -a * torch.clamp(r, lo, hi))
+
+    b, n = old.logp_action_tokens.shape
+    total = 0.0
+    for i in range(b):
+        a = old.advantages[i]
+        la = (
+            sum(
+                surr(torch.exp(new.logp_action_tokens[i, j] - old.logp_action_tokens[i, j]), a)
+                for j in range(n)
+            )
+            / n
+        )
+        le = surr(torch.exp(new.logp_stop[i] - old.logp_stop[i]), a)
+        sq = sum(
+            ((old.latents[i, k] - new.latent_mu[i, k]) ** 2).sum()
+            for k in range(old.latents.shape[1])
+            if old.latent_mask[i, k]
+        )
+        lz = surr(torch.exp(-sq / (2 * cfg.latent_sigma**2)), a)
+        pol = cfg.w_action * (n * la + cfg.w_end * le) / (n + cfg.w_end) + cfg.w_latent * lz
+        vc = old.values[i] + torch.clamp(new.values[i] - old.values[i], -cfg.value_clip, cfg.value_clip)
+        vl = 0.5 * torch.maximum((new.values[i] - old.returns[i]) ** 2, (vc - old.returns[i]) ** 2)
+        total = total + (pol + cfg.value_coef * vl - cfg.entropy_coef * new.entropy[i]) / b
+    return total
+
+
+@pytest.mark.parametrize("sigma", [10.0, 2.0])
+def test_lapo_loss_and_gradients_match_float64_reference(sigma):
+    cfg = AlgoConfig(latent_sigma=sigma, entropy_coef=0.01)
+    new64, old64 = _terms()
+    ref = _reference_lapo(new64, old64, cfg)
+    ref_grads = torch.autograd.grad(
+        ref, [new64.logp_action_tokens, new64.logp_stop, new64.latent_mu, new64.values]
+    )
+
+    to32 = lambda x: x.detach().float().requires_grad_(x.requires_grad)  # noqa: E731
+    new32 = NewTerms(*(to32(getattr(new64, f)) for f in NewTerms.__dataclass_fields__))
+    old32 = OldTerms(
+        *(
+            getattr(old64, f).float() if getattr(old64, f).is_floating_point() else getattr(old64, f)
+            for f in OldTerms.__dataclass_fields__
+        )
+    )
+    loss, metrics = get_algorithm("lapo").loss(new32, old32, cfg)
+    grads = torch.autograd.grad(
+        loss, [new32.logp_action_tokens, new32.logp_stop, new32.latent_mu, new32.values]
+    )
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
+    for g, rg in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g.double(), rg, rtol=1e-4, atol=1e-6)
+    assert 0.0 <= metrics["clip_frac"] <= 1.0 and metrics["latent_ratio"] <= 1.0
+
+
+def test_latent_ratio_at_most_one_and_pulls_toward_stored_latent_for_positive_advantage():
+    z = torch.zeros(1, 2, 3)
+    mu = torch.ones(1, 2, 3, requires_grad=True)
+    mask = torch.tensor([[True, False]])
+    lr = latent_log_ratio(z, mu, mask, sigma=1.0)
+    assert lr.item() == pytest.approx(-1.5)  # only the first slot counts: 3 * 1^2 / 2
+    cfg = AlgoConfig()
+    new = NewTerms(torch.zeros(1, 2), torch.zeros(1), mu, torch.zeros(1), torch.zeros(1))
+    old = OldTerms(torch.ones(1), torch.zeros(1), torch.zeros(1), torch.zeros(1, 2), torch.zeros(1), z, mask)
+    loss, _ = get_algorithm("lapo").loss(new, old, cfg)
+    (g,) = torch.autograd.grad(loss, [mu])
+    assert torch.all(g[0, 0] > 0)  # descending the loss moves mu toward z = 0
+    assert torch.all(g[0, 1] == 0)  # masked slot gets no gradient
+
+
+def test_action_only_algorithms_ignore_reasoning_terms():
+    cfg = AlgoConfig()
+    new, old = _terms(dtype=torch.float32)
+    for name in ("ppo_action", "grpo_action"):
+        loss, _ = get_algorithm(name).loss(new, old, cfg)
+        grads = torch.autograd.grad(loss, [new.logp_stop, new.latent_mu], allow_unused=True)
+        assert all(g is None or torch.all(g == 0) for g in grads)
+    assert not get_algorithm("grpo_action").uses_value and get_algorithm("lapo").trains_reasoning
+
+
+def test_clip_blocks_gradient_beyond_the_trust_region():
+    cfg = AlgoConfig()
+    new = NewTerms(
+        torch.full((1, 1), math.log(2.0), requires_grad=True),
+        torch.zeros(1),
+        torch.zeros(1, 0, 1),
+        torch.zeros(1),
+        torch.zeros(1),
+    )
+    old = OldTerms(
+        torch.ones(1),
+        torch.zeros(1),
+        torch.zeros(1),
+        torch.zeros(1, 1),
+        torch.zeros(1),
+        torch.zeros(1, 0, 1),
+        torch.zeros(1, 0, dtype=torch.bool),
+    )
+    loss, m = get_algorithm("ppo_action").loss(new, old, cfg)
+    (g,) = torch.autograd.grad(loss, [new.logp_action_tokens])
+    assert g.abs().sum().item() == 0.0 and m["clip_frac"] == 1.0
+
+
+def test_unknown_algorithm_and_bad_config():
+    with pytest.raises(ValueError, match="algo.name='sac' is unknown"):
+        get_algorithm("sac")
+    with pytest.raises(ValueError, match="latent_sigma"):
+        AlgoConfig(latent_sigma=0)
