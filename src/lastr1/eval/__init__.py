@@ -1,0 +1,1 @@
+"""Evaluation (per-task success with confidence intervals, videos) and run reports."""

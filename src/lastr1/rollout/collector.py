@@ -1,0 +1,198 @@
+"""Batched closed-loop interaction: all N environments step together, one ``policy.act`` per decision.
+
+One *decision* is one action chunk: the policy reasons (latents + stop), emits C actions, and the
+environments execute them open loop (fewer if an episode ends inside the chunk). The collector
+stores everything LAPO needs to recompute log-probs later — the observation, the policy's
+:class:`ActionOutput` (latents, stop, action tokens, old log-probs, value) — plus reward and done,
+and returns a padded :class:`Rollout`. Finished slots are dropped from the policy batch, so the
+forward pass only pays for live episodes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from lastr1.envs.base import EpisodeSpec, Observation, VectorEnv
+
+
+class ActingPolicy(Protocol):
+    """What the collector needs from a policy (``lastr1.models.policy.LastR1Policy`` satisfies it)."""
+
+    def act(
+        self, obs: Observation, mode: str = "sample", generator: torch.Generator | None = None
+    ) -> Any: ...
+
+
+@dataclass
+class Rollout:
+    """A batch of N episodes as T padded decisions, plus the flat list of valid decisions.
+
+    ``index[n, t]`` is the row of decision t of episode n in the flat ``out`` (``-1`` on
+    padding), so per-decision tensors can move between the two layouts.
+    """
+
+    out: Any  # ActionOutput (carries the policy inputs), one row per valid decision
+    index: torch.Tensor  # (N, T) long
+    mask: torch.Tensor  # (N, T) bool
+    rewards: torch.Tensor  # (N, T) float
+    values: torch.Tensor  # (N, T) float, the value head at acting time
+    success: torch.Tensor  # (N,) bool
+    env_steps: torch.Tensor  # (N,) env steps taken
+    task: torch.Tensor  # (N,) task index
+    group: torch.Tensor  # (N,) initial-state group id (same id = same start)
+    latent_len: torch.Tensor  # (N, T) chosen reasoning length per decision (0 on padding)
+    frames: list[list[np.ndarray]] = field(default_factory=list)  # per episode, agent-view frames
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_decisions(self) -> int:
+        return int(self.mask.sum())
+
+    def flat(self, padded: torch.Tensor) -> torch.Tensor:
+        """Gather an ``(N, T)`` tensor into the flat decision order."""
+        out = torch.empty(self.num_decisions, dtype=padded.dtype)
+        out[self.index[self.mask]] = padded[self.mask]
+        return out
+
+
+def _as_numpy_actions(actions: Any) -> np.ndarray:
+    return actions.detach().cpu().numpy() if isinstance(actions, torch.Tensor) else np.asarray(actions)
+
+
+def collect(
+    env: VectorEnv,
+    policy: ActingPolicy,
+    episodes: list[EpisodeSpec],
+    *,
+    mode: str = "sample",
+    success_reward: float = 5.0,
+    generator: torch.Generator | None = None,
+    record_frames: int = 0,
+    group: list[int] | None = None,
+    on_decision: Callable[[int], None] | None = None,
+) -> Rollout:
+    """Run one episode in every slot of ``env`` from ``episodes`` and return the padded rollout.
+
+    Args:
+        mode: ``"sample"`` (RL rollouts: sampled stop and actions) or ``"greedy"`` (evaluation).
+        success_reward: reward given at the last decision of a successful episode (reference: 5).
+        record_frames: keep agent-view frames of the first this-many slots (for videos).
+        group: initial-state group id per slot (GRPO); defaults to one group per distinct start.
+        on_decision: called with the number of env steps taken after each decision (progress bars).
+    """
+    n = env.num_envs
+    if len(episodes) != n:
+        raise ValueError(f"collect needs one EpisodeSpec per env slot: got {len(episodes)} for {n} envs")
+    t0 = time.perf_counter()
+    obs = env.reset(episodes)
+    t_env = time.perf_counter() - t0
+    t_policy = 0.0
+    done = np.zeros(n, dtype=bool)
+    success = np.zeros(n, dtype=bool)
+    env_steps = np.zeros(n, dtype=np.int64)
+    frames: list[list[np.ndarray]] = [[obs.images[i, 0]] for i in range(min(record_frames, n))]
+    out_rows: list[Any] = []
+    per_slot: list[list[tuple[int, float, int, float]]] = [[] for _ in range(n)]  # (row, reward, len, value)
+    row = 0
+    while not done.all():
+        live = np.flatnonzero(~done)
+        sub_obs = obs.select(live)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            out = policy.act(sub_obs, mode=mode, generator=generator)
+        t_policy += time.perf_counter() - t1
+        actions = _as_numpy_actions(out.actions)  # (B, C, 7)
+        chunk = actions.shape[1]
+        full = np.zeros((n, chunk, actions.shape[2]), dtype=np.float64)
+        full[live] = actions
+        reward = np.zeros(n, dtype=np.float64)
+        t2 = time.perf_counter()
+        for c in range(chunk):
+            res = env.step(full[:, c])
+            active = res.info["active"]
+            env_steps += active
+            reward += res.reward
+            for i in range(len(frames)):
+                if active[i]:
+                    frames[i].append(res.obs.images[i, 0])
+            if (res.terminated | res.truncated).all():
+                break
+        t_env += time.perf_counter() - t2
+        obs = res.obs
+        newly_success = res.info["success"] & ~success
+        success |= res.info["success"]
+        done = res.terminated | res.truncated
+        out_rows.append(out)
+        values = (
+            out.value.detach().cpu().numpy()
+            if getattr(out, "value", None) is not None
+            else np.zeros(len(live))
+        )
+        lengths = out.latent_len.detach().cpu().numpy()
+        for j, i in enumerate(live):
+            r = success_reward if newly_success[i] else 0.0
+            per_slot[i].append((row + j, r, int(lengths[j]), float(values[j])))
+        row += len(live)
+        if on_decision is not None:
+            on_decision(int(env_steps.sum()))
+    t_max = max(len(s) for s in per_slot)
+    index = torch.full((n, t_max), -1, dtype=torch.long)
+    rewards = torch.zeros(n, t_max)
+    values_t = torch.zeros(n, t_max)
+    lat = torch.zeros(n, t_max, dtype=torch.long)
+    for i, steps in enumerate(per_slot):
+        for t, (r_idx, r, length, v) in enumerate(steps):
+            index[i, t], rewards[i, t], lat[i, t], values_t[i, t] = r_idx, r, length, v
+    if group is None:
+        keys = [(e.task, e.init_set, e.init_index) for e in episodes]
+        ids = {k: j for j, k in enumerate(dict.fromkeys(keys))}
+        group = [ids[k] for k in keys]
+    return Rollout(
+        out=type(out_rows[0]).cat(out_rows),
+        index=index,
+        mask=index >= 0,
+        rewards=rewards,
+        values=values_t,
+        success=torch.from_numpy(success),
+        env_steps=torch.from_numpy(env_steps),
+        task=torch.tensor([e.task for e in episodes]),
+        group=torch.tensor(group),
+        latent_len=lat,
+        frames=frames,
+        seconds={"env": t_env, "policy": t_policy, "total": time.perf_counter() - t0},
+    )
+
+
+def merge_rollouts(parts: list[Rollout]) -> Rollout:
+    """Concatenate rollouts of several collection rounds (episodes stacked, decisions re-indexed)."""
+    if len(parts) == 1:
+        return parts[0]
+    t_max = max(p.mask.shape[1] for p in parts)
+
+    def pad(x: torch.Tensor, value: float | int = 0) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, t_max - x.shape[1]), value=value)
+
+    offsets = np.cumsum([0] + [p.num_decisions for p in parts[:-1]])
+    index = torch.cat(
+        [pad(torch.where(p.mask, p.index + int(o), -1), -1) for p, o in zip(parts, offsets, strict=True)]
+    )
+    return Rollout(
+        out=type(parts[0].out).cat([p.out for p in parts]),
+        index=index,
+        mask=torch.cat([pad(p.mask, False) for p in parts]),
+        rewards=torch.cat([pad(p.rewards) for p in parts]),
+        values=torch.cat([pad(p.values) for p in parts]),
+        success=torch.cat([p.success for p in parts]),
+        env_steps=torch.cat([p.env_steps for p in parts]),
+        task=torch.cat([p.task for p in parts]),
+        group=torch.cat([p.group for p in parts]),
+        latent_len=torch.cat([pad(p.latent_len) for p in parts]),
+        frames=[f for p in parts for f in p.frames],
+        seconds={k: sum(p.seconds.get(k, 0.0) for p in parts) for k in parts[0].seconds},
+    )

@@ -1,0 +1,1 @@
+"""Training loops: one-shot SFT warm-up and RL post-training."""

@@ -1,0 +1,312 @@
+"""RL post-training loop (CleanRL-style, one readable function): collect → advantages → update → eval → checkpoint.
+
+Every algorithm in :mod:`lastr1.algos` runs through this same loop; only the loss and the advantage
+estimator change, so comparisons between LAPO and the action-only baselines are like for like.
+Rollouts use only ``train`` initial states; periodic evaluation uses the disjoint ``eval`` set.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lastr1.algos import AlgoConfig, NewTerms, OldTerms, gae, get_algorithm, grpo, whiten
+from lastr1.config import save_config
+from lastr1.envs import EnvConfig, EpisodeSpec, make_env
+from lastr1.envs.base import VectorEnv
+from lastr1.eval.evaluate import evaluate, format_table, save_eval
+from lastr1.models.policy import LastR1Policy
+from lastr1.models.policy_io import ActionOutput, PolicyBatch
+from lastr1.rollout.collector import Rollout, collect, merge_rollouts
+from lastr1.train.checkpoint import CheckpointManager
+from lastr1.train.metrics import MetricsLogger
+
+
+@dataclass
+class RLConfig:
+    """``lastr1 rl``: defaults follow the reference where they fit a CPU (see LASTR1_FACTS.md)."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    checkpoint: str = ""  # the SFT warm-up checkpoint to start from
+    out: str = "runs/rl"
+    iterations: int = 20
+    rollouts_per_iter: int = 16  # episodes per iteration (multiple of env.num_envs)
+    group_size: int = 1  # rollouts per initial state (GRPO needs >= 2)
+    minibatches: int = 4
+    epochs: int = 1
+    lr: float = 3e-5
+    value_lr: float = 3e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 10.0
+    action_temperature: float = 1.6
+    stop_temperature: float = 1.6
+    latent_noise_std: float = -1.0  # < 0 keeps the checkpoint's value
+    eval_every: int = 5  # iterations; 0 = only at the end
+    eval_episodes_per_task: int = 10
+    max_env_steps: int = 0  # stop once this many env steps were taken (0 = no budget)
+    seed: int = 0
+    resume: bool = True
+    threads: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rollouts_per_iter < 1 or self.rollouts_per_iter % self.group_size:
+            raise ValueError(
+                f"rollouts_per_iter={self.rollouts_per_iter} must be a positive multiple of "
+                f"group_size={self.group_size}"
+            )
+        if self.minibatches < 1 or self.epochs < 1:
+            raise ValueError("minibatches and epochs must be >= 1")
+
+
+def _train_episodes(cfg: RLConfig, env: VectorEnv, iteration: int) -> tuple[list[EpisodeSpec], list[int]]:
+    """This iteration's training starts: tasks round-robin, random train indices, each repeated per group."""
+    rng = np.random.default_rng([cfg.seed, iteration])
+    starts = cfg.rollouts_per_iter // cfg.group_size
+    specs, groups = [], []
+    for g in range(starts):
+        task = g % len(env.tasks)
+        index = int(rng.integers(env.num_init_states(task, "train")))
+        for _ in range(cfg.group_size):
+            specs.append(EpisodeSpec(task, "train", index))
+            groups.append(g)
+    return specs, groups
+
+
+def _advantages(cfg: RLConfig, algo_adv: str, roll: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T) advantages and returns for the chosen estimator."""
+    if algo_adv == "gae":
+        adv, ret = gae(roll.rewards, roll.values, roll.mask, cfg.algo.gamma, cfg.algo.lam)
+    else:
+        adv = grpo(roll.rewards, roll.mask, roll.group)
+        ret = adv.clone()
+    if cfg.algo.whiten_advantages and algo_adv == "gae":
+        adv = whiten(adv, roll.mask)
+    return adv, ret
+
+
+def _old_terms(roll: Rollout, adv: torch.Tensor, ret: torch.Tensor) -> OldTerms:
+    out: ActionOutput = roll.out
+    return OldTerms(
+        advantages=roll.flat(adv),
+        returns=roll.flat(ret),
+        values=out.value,
+        logp_action_tokens=out.logp_tokens,
+        logp_stop=out.logp_stop,
+        latents=out.latents,
+        latent_mask=out.latent_mask,
+    )
+
+
+def _index_terms(t: OldTerms, idx: torch.Tensor) -> OldTerms:
+    return OldTerms(**{k: getattr(t, k)[idx] for k in OldTerms.__dataclass_fields__})
+
+
+def _optimizer(policy: LastR1Policy, cfg: RLConfig) -> torch.optim.Optimizer:
+    value_params = list(policy.value_head.parameters())
+    ids = {id(p) for p in value_params}
+    main = [p for p in policy.parameters() if id(p) not in ids and p.requires_grad]
+    return torch.optim.AdamW(
+        [{"params": main, "lr": cfg.lr}, {"params": value_params, "lr": cfg.value_lr}],
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def _update(
+    policy: LastR1Policy, opt: torch.optim.Optimizer, cfg: RLConfig, old: OldTerms, out: ActionOutput, it: int
+) -> dict[str, float]:
+    """K epochs of minibatch updates; raises FloatingPointError on a non-finite loss (nothing applied)."""
+    algo = get_algorithm(cfg.algo.name)
+    n = old.advantages.shape[0]
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + it + 7)  # minibatch order, reproducible
+    sums: dict[str, float] = {}
+    count = 0
+    policy.train()
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for mb in perm.chunk(min(cfg.minibatches, n)):
+            lp = policy.log_probs(PolicyBatch.from_act(out.index(mb)))
+            new = NewTerms(lp.logp_tokens, lp.logp_stop, lp.mu, lp.value, lp.entropy)
+            loss, metrics = algo.loss(new, _index_terms(old, mb), cfg.algo)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss ({loss.item()}) in the {cfg.algo.name} update")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            if not torch.isfinite(grad_norm):
+                raise FloatingPointError("non-finite gradient norm in the update")
+            opt.step()
+            metrics["grad_norm"] = float(grad_norm)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+    policy.eval()
+    return {k: v / count for k, v in sums.items()}
+
+
+def _rollout_metrics(roll: Rollout, env: VectorEnv) -> dict[str, Any]:
+    m: dict[str, Any] = {
+        "train_success": float(roll.success.float().mean()),
+        "train_return": float(roll.rewards.sum(1).mean()),
+        "decisions": roll.num_decisions,
+    }
+    lat = roll.latent_len[roll.mask].float()
+    if lat.numel():
+        m["latent_len_mean"] = float(lat.mean())
+        for q in (10, 50, 90):
+            m[f"latent_len_p{q}"] = float(torch.quantile(lat, q / 100))
+    for t, task in enumerate(env.tasks):
+        sel = roll.task == t
+        if sel.any():
+            m[f"latent_len/{task.name}"] = float(roll.latent_len[sel][roll.mask[sel]].float().mean())
+            m[f"train_success/{task.name}"] = float(roll.success[sel].float().mean())
+    return m
+
+
+def _save(
+    mgr: CheckpointManager, policy: LastR1Policy, opt: torch.optim.Optimizer, state: dict[str, Any]
+) -> Path:
+    def write(d: Path) -> None:
+        policy.save_pretrained(d / "policy")
+        torch.save(opt.state_dict(), d / "optimizer.pt")
+        (d / "trainer_state.json").write_text(json.dumps(state, indent=2))
+
+    return mgr.save(state["iteration"], write)
+
+
+def train_rl(cfg: RLConfig) -> dict[str, Any]:
+    """Run (or resume) an RL post-training job; returns the final state and last evaluation."""
+    torch.set_num_threads(cfg.threads)
+    out_dir = Path(cfg.out)
+    mgr = CheckpointManager(out_dir / "checkpoints")
+    latest = mgr.latest() if cfg.resume else None
+    if latest is None and not cfg.checkpoint:
+        raise ValueError("checkpoint: give the SFT checkpoint to start RL from (checkpoint=runs/.../final)")
+    source = latest / "policy" if latest is not None else Path(cfg.checkpoint)
+    policy = LastR1Policy.from_pretrained(source)
+    policy.config.action_temperature = cfg.action_temperature
+    policy.config.stop_temperature = cfg.stop_temperature
+    if cfg.latent_noise_std >= 0:
+        policy.config.latent_noise_std = cfg.latent_noise_std
+    policy.eval()
+    opt = _optimizer(policy, cfg)
+    state: dict[str, Any] = {"iteration": 0, "env_steps": 0, "last_eval": None}
+    if latest is not None:
+        opt.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
+        state = json.loads((latest / "trainer_state.json").read_text())
+        print(f"resuming {out_dir} from iteration {state['iteration']} ({latest.name})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    logger = MetricsLogger(out_dir, resume_step=state["iteration"] if latest is not None else None)
+    algo = get_algorithm(cfg.algo.name)
+    adv_kind = cfg.algo.advantage or algo.default_advantage
+    if adv_kind == "grpo" and cfg.group_size < 2:
+        raise ValueError("group-relative advantages need group_size >= 2 rollouts per initial state")
+    env = make_env(cfg.env)
+    if cfg.rollouts_per_iter % env.num_envs:
+        raise ValueError(
+            f"rollouts_per_iter={cfg.rollouts_per_iter} must be a multiple of env.num_envs={env.num_envs}"
+        )
+    if state["iteration"] == 0 and state["last_eval"] is None:
+        state["last_eval"] = _evaluate(cfg, policy, env, out_dir, 0, logger, state)
+    bar = tqdm(
+        total=cfg.iterations, initial=state["iteration"], desc=f"rl {cfg.algo.name}", disable=not cfg.progress
+    )
+    try:
+        while state["iteration"] < cfg.iterations:
+            if cfg.max_env_steps and state["env_steps"] >= cfg.max_env_steps:
+                break
+            it = state["iteration"] + 1
+            t0 = time.perf_counter()
+            specs, groups = _train_episodes(cfg, env, it)
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + it)
+            rounds = []
+            for s in range(0, len(specs), env.num_envs):
+                rounds.append(
+                    collect(
+                        env,
+                        policy,
+                        specs[s : s + env.num_envs],
+                        mode="sample",
+                        success_reward=cfg.algo.success_reward,
+                        generator=gen,
+                        group=groups[s : s + env.num_envs],
+                    )
+                )
+            roll = merge_rollouts(rounds)
+            t_collect = time.perf_counter() - t0
+            adv, ret = _advantages(cfg, adv_kind, roll)
+            old = _old_terms(roll, adv, ret)
+            t1 = time.perf_counter()
+            try:
+                upd = _update(policy, opt, cfg, old, roll.out, it)
+            except FloatingPointError as exc:
+                good = mgr.latest()
+                where = good.name if good else "none yet"
+                print(
+                    f"stopping: {exc}; the last good checkpoint is kept ({where}), nothing was saved after it"
+                )
+                state["stopped"] = str(exc)
+                break
+            t_update = time.perf_counter() - t1
+            steps = int(roll.env_steps.sum())
+            state["env_steps"] += steps
+            state["iteration"] = it
+            row = {
+                "env_steps": state["env_steps"],
+                **_rollout_metrics(roll, env),
+                **upd,
+                "env_steps_per_s": steps / max(t_collect, 1e-9),
+                "sec_collect": t_collect,
+                "sec_update": t_update,
+                "sec_env": sum(r.seconds["env"] for r in rounds),
+                "sec_policy": sum(r.seconds["policy"] for r in rounds),
+            }
+            logger.log(it, row)
+            if (cfg.eval_every and it % cfg.eval_every == 0) or it == cfg.iterations:
+                state["last_eval"] = _evaluate(cfg, policy, env, out_dir, it, logger, state)
+            _save(mgr, policy, opt, state)
+            bar.update(1)
+            bar.set_postfix(success=f"{row['train_success']:.2f}", lat=f"{row.get('latent_len_mean', 0):.1f}")
+    finally:
+        bar.close()
+        env.close()
+        logger.close()
+    final = out_dir / "final"
+    policy.save_pretrained(final)
+    return state
+
+
+def _evaluate(
+    cfg: RLConfig,
+    policy: LastR1Policy,
+    env: VectorEnv,
+    out_dir: Path,
+    it: int,
+    logger: MetricsLogger,
+    state: dict[str, Any],
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    res = evaluate(policy, env, cfg.eval_episodes_per_task, progress=cfg.progress, videos_dir=None)
+    save_eval(res, out_dir / "evals" / f"eval_{it:05d}.json")
+    row = {
+        "env_steps": state["env_steps"],
+        "eval_success": res["success_rate"],
+        "eval_latent_len": res["mean_latent_len"],
+        "eval_episodes": res["episodes"],
+        "sec_eval": time.perf_counter() - t0,
+        **{f"eval_success/{k}": v["success_rate"] for k, v in res["per_task"].items()},
+        **{f"eval_latent_len/{k}": v["mean_latent_len"] for k, v in res["per_task"].items()},
+    }
+    logger.log(it, row)
+    if cfg.progress:
+        tqdm.write(f"eval @ iteration {it}:\n{format_table(res)}")
+    return {"iteration": it, "success_rate": res["success_rate"], "ci95": res["ci95"]}
