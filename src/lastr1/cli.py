@@ -27,6 +27,9 @@ COMMANDS: dict[str, Command] = {
     "make-demos": Command(
         "lastr1.commands.make_demos", "record successful one-shot demos from scripted experts"
     ),
+    "sft": Command("lastr1.commands.sft", "one-shot SFT warm-up: actions + grounded latents + stop"),
+    "rl": Command("lastr1.commands.rl", "RL post-training: lapo | ppo_action | grpo_action"),
+    "eval": Command("lastr1.commands.eval", "evaluate a checkpoint on the eval initial states"),
 }
 
 
@@ -46,8 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _split_flag_overrides(argv: list[str]) -> list[str]:
-    """Accept ``--key value`` / ``--key=value`` spellings as ``key=value`` overrides too."""
+def _split_flag_overrides(argv: list[str], aliases: dict[str, str]) -> list[str]:
+    """Accept ``--key value`` / ``--key=value`` spellings as ``key=value`` overrides too.
+
+    ``aliases`` maps a command's short names to config paths (``--env libero`` → ``env.backend``).
+    """
     out: list[str] = []
     i = 0
     while i < len(argv):
@@ -64,19 +70,24 @@ def _split_flag_overrides(argv: list[str]) -> list[str]:
         else:
             out.append(arg)
         i += 1
+    for j, item in enumerate(out):
+        key, sep, value = item.partition("=")
+        if sep and key in aliases:
+            out[j] = f"{aliases[key]}={value}"
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    module = None
     if argv and argv[0] in COMMANDS:
-        argv = [argv[0], *_split_flag_overrides(argv[1:])]
+        module = importlib.import_module(COMMANDS[argv[0]].module)
+        argv = [argv[0], *_split_flag_overrides(argv[1:], getattr(module, "ALIASES", {}))]
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
+    if args.command is None or module is None:
         parser.print_help()
         return 0
-    module = importlib.import_module(COMMANDS[args.command].module)
     try:
         cfg = load_config(module.Config, args.config, args.overrides)
     except ConfigError as exc:

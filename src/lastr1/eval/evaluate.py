@@ -119,4 +119,3 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['mean_latent_len']:>7.2f} {result['episodes']:>5d}"
     )
     return "\n".join(lines)
-

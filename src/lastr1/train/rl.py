@@ -54,7 +54,7 @@ class RLConfig:
     max_env_steps: int = 0  # stop once this many env steps were taken (0 = no budget)
     seed: int = 0
     resume: bool = True
-    threads: int = 2
+    threads: int = 1  # torch threads; >1 is much slower when another process keeps a core busy
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -1,0 +1,92 @@
+"""Run reports: learning-curve and latent-length plots plus a markdown summary.
+
+Everything is read back from ``metrics.jsonl`` and the ``eval*.json`` files a run wrote, so a
+report can be regenerated for any run directory (``lastr1 report --run runs/demo``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from lastr1.train.metrics import read_metrics
+
+
+def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    pts = [(r["env_steps"], r[key]) for r in rows if key in r and "env_steps" in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_learning_curve(rl_dirs: dict[str, Path], path: Path) -> Path:
+    """Eval success (and train success, dashed) vs env steps, one line per run."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, run in rl_dirs.items():
+        rows = read_metrics(run / "metrics.jsonl")
+        x, y = _series(rows, "eval_success")
+        line = ax.plot(x, [100 * v for v in y], marker="o", label=f"{label} (eval)")[0]
+        x, y = _series(rows, "train_success")
+        ax.plot(
+            x,
+            [100 * v for v in y],
+            linestyle="--",
+            alpha=0.5,
+            color=line.get_color(),
+            label=f"{label} (train)",
+        )
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("success rate (%)")
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_latent_length(run: Path, path: Path) -> Path:
+    """Mean sampled reasoning length per task vs env steps (training rollouts)."""
+    rows = read_metrics(run / "metrics.jsonl")
+    keys = sorted({k for r in rows for k in r if k.startswith("latent_len/")})
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for key in keys:
+        x, y = _series(rows, key)
+        ax.plot(x, y, marker=".", label=key.split("/", 1)[1])
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("mean latent length")
+    ax.grid(alpha=0.3)
+    if keys:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def success_table(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Markdown table of per-task success (with 95 % CI) and latent length, before vs after RL."""
+    lines = [
+        "| task | success before | success after | latent len before | latent len after | episodes |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def cell(r: dict[str, Any]) -> str:
+        lo, hi = r["ci95"]
+        return f"{r['success_rate']:.0%} [{lo:.0%}, {hi:.0%}]"
+
+    for name, a in after["per_task"].items():
+        b = before["per_task"].get(name)
+        lines.append(
+            f"| {name} | {cell(b) if b else '—'} | {cell(a)} | "
+            f"{b['mean_latent_len'] if b else float('nan'):.2f} | {a['mean_latent_len']:.2f} | {a['episodes']} |"
+        )
+    lines.append(
+        f"| **overall** | {cell(before)} | {cell(after)} | {before['mean_latent_len']:.2f} | "
+        f"{after['mean_latent_len']:.2f} | {after['episodes']} |"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,288 @@
+"""One-shot SFT warm-up: action-token CE + λ·latent alignment to grounded targets + stop CE.
+
+Per sample (one decision step t of a demo):
+
+* the action chunk ``a[t : t+C]`` (padded with the last action) is tokenised and learned with
+  cross-entropy over the C·7 parallel action slots;
+* a reasoning length L is drawn (uniformly from the stop candidates, as the reference warm-up
+  does, or fixed per task from config); the model runs its own Coconut latent chain and the first
+  L latents are aligned to the teacher's future-frame targets with ``(1 − cos) + MSE`` (weight λ);
+  the action slots only see those L latents;
+* the stop head learns to pick L (cross-entropy over the candidates, weight ``stop_weight``).
+
+AdamW with warm-up + cosine decay, gradient clipping, random-shift image augmentation, a progress
+bar, TensorBoard scalars, crash-safe checkpoints every N steps and resume after a kill.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lastr1.config import save_config
+from lastr1.data.episodes import Dataset, load_dataset
+from lastr1.data.stats import load_statistics
+from lastr1.envs.base import Observation
+from lastr1.models.policy import LastR1Policy, PolicyConfig
+from lastr1.models.teachers.base import TeacherConfig
+from lastr1.train.checkpoint import CheckpointManager
+from lastr1.train.metrics import MetricsLogger
+
+
+@dataclass
+class SFTConfig:
+    """``lastr1 sft``: warm up a policy on one demo per task."""
+
+    data: str = "runs/demos"  # a dataset written by `lastr1 make-demos`
+    out: str = "runs/sft"
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig(name="proprio"))
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr × this (reference: 0.1)
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    latent_weight: float = 1.0  # λ; 0 trains latents only through the action loss
+    stop_weight: float = 0.1
+    # "uniform": L drawn uniformly from the stop candidates per sample (reference warm-up);
+    # "per_task": L from target_lengths ("task=L" items), default_target_len for the rest.
+    stop_target: Literal["uniform", "per_task"] = "uniform"
+    target_lengths: list[str] = field(default_factory=list)
+    default_target_len: int = 0  # 0 = k_max
+    augment_shift: int = 4  # random image shift in pixels (0 = off)
+    checkpoint_every: int = 500
+    seed: int = 0
+    threads: int = 1  # torch threads; >1 is much slower when another process keeps a core busy
+    resume: bool = True
+    progress: bool = True
+
+
+@dataclass
+class SFTData:
+    """Every (episode, t) decision step of a dataset as tensors, built once."""
+
+    images: torch.Tensor  # uint8 (N, V, H, W, 3)
+    proprio: torch.Tensor  # (N, P)
+    instructions: list[str]
+    tokens: torch.Tensor  # (N, C·7) action-token targets
+    targets: torch.Tensor | None  # (N, K, dim) latent targets or None
+    task: torch.Tensor  # (N,) task index into ``task_names``
+    task_names: list[str]
+
+
+def _action_chunks(actions: np.ndarray, chunk: int) -> np.ndarray:
+    """``(T, 7)`` → ``(T, chunk, 7)``: a[t:t+chunk], padded with the episode's last action."""
+    t = actions.shape[0]
+    idx = np.minimum(np.arange(t)[:, None] + np.arange(chunk)[None, :], t - 1)
+    return actions[idx]
+
+
+def build_sft_data(dataset: Dataset, policy: LastR1Policy, targets: list[np.ndarray] | None) -> SFTData:
+    names = sorted({ep.task for ep in dataset})
+    chunks = [_action_chunks(ep.actions, policy.config.chunk) for ep in dataset]
+    tokens = policy.tokenizer.encode(torch.from_numpy(np.concatenate(chunks)).float())
+    return SFTData(
+        images=torch.from_numpy(np.concatenate([ep.images for ep in dataset])),
+        proprio=torch.from_numpy(np.concatenate([ep.proprio for ep in dataset]).astype(np.float32)),
+        instructions=[ep.instruction for ep in dataset for _ in range(len(ep))],
+        tokens=tokens.long(),
+        targets=torch.from_numpy(np.concatenate(targets)).float() if targets is not None else None,
+        task=torch.tensor([names.index(ep.task) for ep in dataset for _ in range(len(ep))]),
+        task_names=names,
+    )
+
+
+def _shift(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Random translation by up to ``pad`` pixels (replicate padding), per sample: DrQ-style."""
+    if pad <= 0:
+        return images
+    b, v, h, w, c = images.shape
+    x = images.permute(0, 1, 4, 2, 3).reshape(b, v * c, h, w).float()
+    x = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    rows = dy[:, None] + torch.arange(h)[None]
+    cols = dx[:, None] + torch.arange(w)[None]
+    x = x[
+        torch.arange(b)[:, None, None, None],
+        torch.arange(v * c)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
+    return x.reshape(b, v, c, h, w).permute(0, 1, 3, 4, 2).round().to(torch.uint8)
+
+
+def _lengths(
+    cfg: SFTConfig, policy: LastR1Policy, task: torch.Tensor, names: list[str], gen: torch.Generator
+) -> torch.Tensor:
+    lay = policy.layout
+    if lay.k_max == 0:
+        return torch.zeros_like(task)
+    candidates = torch.tensor(lay.candidate_lengths())
+    if cfg.stop_target == "uniform":
+        return candidates[torch.randint(len(candidates), task.shape, generator=gen)]
+    table = _target_table(cfg, policy, names)
+    return torch.tensor([table[names[i]] for i in task.tolist()])
+
+
+def _target_table(cfg: SFTConfig, policy: LastR1Policy, names: list[str]) -> dict[str, int]:
+    allowed = policy.layout.candidate_lengths()
+    default = cfg.default_target_len or policy.layout.k_max
+    table = {n: default for n in names}
+    for item in cfg.target_lengths:
+        if "=" not in item:
+            raise ValueError(f"target_lengths item {item!r} must look like task=L (e.g. reach-v3=2)")
+        name, value = item.split("=", 1)
+        if name not in table:
+            raise ValueError(f"target_lengths: task {name!r} is not in the dataset; tasks: {names}")
+        table[name] = int(value)
+    for name, length in table.items():
+        if length not in allowed:
+            raise ValueError(f"target length {length} for task {name!r} must be one of {allowed}")
+    return table
+
+
+def sft_loss(
+    policy: LastR1Policy, data: SFTData, idx: torch.Tensor, cfg: SFTConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The warm-up loss on the samples ``idx`` (see module docstring)."""
+    images = _shift(data.images[idx], cfg.augment_shift, gen)
+    obs = Observation(
+        images=images.numpy(),
+        proprio=data.proprio[idx].numpy(),
+        instruction=[data.instructions[i] for i in idx.tolist()],
+        privileged=np.zeros((len(idx), 0), np.float32),
+        task=data.task[idx].numpy(),
+    )
+    inputs = policy.encode_obs(obs)
+    lengths = _lengths(cfg, policy, data.task[idx], data.task_names, gen)
+    out = policy.sft_outputs(inputs, latent_len=lengths if policy.layout.k_max else None)
+    tokens = data.tokens[idx]
+    action_ce = F.cross_entropy(out.action_logits.flatten(0, 1), tokens.flatten())
+    loss = action_ce
+    metrics = {"action_ce": action_ce.item()}
+    with torch.no_grad():
+        metrics["action_acc"] = (out.action_logits.argmax(-1) == tokens).float().mean().item()
+    if policy.layout.k_max:
+        stop_ce = F.cross_entropy(out.stop_logits, policy.stop_target(lengths))
+        loss = loss + cfg.stop_weight * stop_ce
+        metrics["stop_ce"] = stop_ce.item()
+        if cfg.latent_weight > 0 and data.targets is not None:
+            pred = out.latent_pred if out.latent_pred is not None else out.latents
+            target = data.targets[idx][:, : pred.shape[1]]
+            mask = out.latent_mask.float()
+            cos = 1 - F.cosine_similarity(pred, target, dim=-1)
+            mse = ((pred - target) ** 2).mean(-1)
+            align = ((cos + mse) * mask).sum() / mask.sum().clamp_min(1)
+            loss = loss + cfg.latent_weight * align
+            metrics["latent_cos"] = ((cos * mask).sum() / mask.sum().clamp_min(1)).item()
+            metrics["latent_align"] = align.item()
+    metrics["loss"] = loss.item()
+    return loss, metrics
+
+
+def _lr_at(step: int, cfg: SFTConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def _policy_config(cfg: SFTConfig, dataset: Dataset) -> PolicyConfig:
+    """The configured policy, with data-given shapes filled in (image size, views, proprio dim)."""
+    first = dataset[0]
+    _, views, h, w, _ = first.images.shape
+    if h != w:
+        raise ValueError(f"demo images must be square, got {h}x{w}")
+    return dataclasses.replace(cfg.policy, image_size=h, num_views=views, proprio_dim=first.proprio.shape[1])
+
+
+def train_sft(cfg: SFTConfig) -> Path:
+    """Train (or resume) and return the directory of the final policy checkpoint."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    dataset = load_dataset(cfg.data)
+    stats = load_statistics(cfg.data)
+    targets = None
+    pcfg = _policy_config(cfg, dataset)
+    if pcfg.k_max and cfg.latent_weight > 0:
+        from lastr1.data.latent_targets import compute_dataset_latent_targets
+
+        teacher = dataclasses.replace(cfg.teacher, k_max=pcfg.k_max)
+        cache = compute_dataset_latent_targets(cfg.data, teacher, progress=cfg.progress)
+        targets = [cache.targets(i) for i in range(len(dataset))]
+        pcfg.target_dim = int(targets[0].shape[-1])
+    out_dir = Path(cfg.out)
+    mgr = CheckpointManager(out_dir / "checkpoints")
+    latest = mgr.latest() if cfg.resume else None
+    policy = LastR1Policy.from_pretrained(latest / "policy") if latest else LastR1Policy(pcfg, stats)
+    data = build_sft_data(dataset, policy, targets)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = 0
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if latest is not None:
+        opt.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
+        state = json.loads((latest / "trainer_state.json").read_text())
+        step = state["step"]
+        gen.set_state(torch.load(latest / "rng.pt", weights_only=True))
+        print(f"resuming SFT in {out_dir} from step {step}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    logger = MetricsLogger(out_dir, resume_step=step if latest else None)
+    n = data.tokens.shape[0]
+    policy.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc="sft", disable=not cfg.progress)
+    t0 = time.perf_counter()
+    try:
+        while step < cfg.steps:
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, cfg)
+            idx = torch.randint(n, (min(cfg.batch_size, n),), generator=gen)
+            loss, metrics = sft_loss(policy, data, idx, cfg, gen)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite SFT loss at step {step}; last good checkpoint kept")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
+            opt.step()
+            step += 1
+            metrics["lr"] = opt.param_groups[0]["lr"]
+            if step % 10 == 0 or step == cfg.steps:
+                metrics["steps_per_s"] = 10 / max(time.perf_counter() - t0, 1e-9)
+                t0 = time.perf_counter()
+                logger.log(step, metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['action_acc']:.2f}")
+            bar.update(1)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                _save(mgr, policy, opt, gen, step)
+    finally:
+        bar.close()
+        logger.close()
+    policy.eval()
+    final = out_dir / "final"
+    policy.save_pretrained(final)
+    return final
+
+
+def _save(
+    mgr: CheckpointManager, policy: LastR1Policy, opt: torch.optim.Optimizer, gen: torch.Generator, step: int
+) -> None:
+    def write(d: Path) -> None:
+        policy.save_pretrained(d / "policy")
+        torch.save(opt.state_dict(), d / "optimizer.pt")
+        torch.save(gen.get_state(), d / "rng.pt")
+        (d / "trainer_state.json").write_text(json.dumps({"step": step}))
+
+    mgr.save(step, write)
