@@ -1,0 +1,487 @@
+"""The LaST-R1 policy: observation -> latent chain of thought with adaptive length -> action chunk.
+
+See ``docs/policy.md`` and :mod:`lastr1.models.latent` for the sequence layout and masks. In short:
+the transformer reads the observation prefix, runs ``k_max`` Coconut-style latent steps (each step's
+final hidden state is the next input embedding, one KV-cached token per step), a stop head scores the
+candidate lengths ``{group, 2 group, .., k_max}``, the chosen length masks later latents out of the
+action slots' attention, and all ``chunk * action_dim`` action tokens are decoded in one forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lastr1.models.action_tokenizer import ActionTokenizer, identity_action_stats
+from lastr1.models.backbones import (
+    HashWordTokenizer,
+    ImageEncoder,
+    ProprioEncoder,
+    TinyConfig,
+    TinyTransformer,
+)
+from lastr1.models.latent import DecodeStream, SequenceLayout, choose_stop, sample_tokens
+from lastr1.models.policy_io import ActionOutput, LogProbs, PolicyBatch, PolicyInputs, SFTOutputs
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATS_FILE = "dataset_statistics.json"
+
+
+@dataclass
+class PolicyConfig:
+    """Architecture and decoding settings; reference (LaST-R1 LIBERO) values where they apply."""
+
+    image_size: int = 64
+    num_views: int = 1
+    image_grid: int = 4  # image tokens per view = grid**2
+    proprio_dim: int = 8
+    use_proprio: bool = True
+    instruction_vocab: int = 2048
+    instruction_max_len: int = 20
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    k_max: int = 8  # latent slots; 0 = no latents and no stop decision
+    latent_group: int = 2  # a stop candidate after every `latent_group` latents
+    stop_temperature: float = 1.6
+    eval_stop_threshold: float = 0.99  # greedy: first candidate with sigmoid(stop logit) >= this
+    latent_noise_std: float = 0.0  # Gaussian noise on fed-back latents when sampling (reference: 0)
+    chunk: int = 8
+    action_dim: int = 7
+    num_bins: int = 256
+    decoding: Literal["parallel", "autoregressive"] = "parallel"
+    action_slot_embedding: Literal["learned", "zero"] = "learned"  # reference: zero
+    action_temperature: float = 1.6
+    value_hidden: tuple[int, ...] = (512, 256, 128)
+    target_dim: int = 0  # latent_proj output size for the alignment loss; 0 = no projection
+    binarize_gripper: bool = True
+    normalize_mask: tuple[bool, ...] = ()  # empty = every dim but the gripper (last)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.k_max >= 0, f"k_max={self.k_max} must be >= 0"),
+            (self.latent_group >= 1, f"latent_group={self.latent_group} must be >= 1"),
+            (self.k_max % self.latent_group == 0, f"k_max={self.k_max} must be a multiple of latent_group"),
+            (self.stop_temperature > 0, f"stop_temperature={self.stop_temperature} must be > 0"),
+            (self.action_temperature > 0, f"action_temperature={self.action_temperature} must be > 0"),
+            (self.decoding in ("parallel", "autoregressive"), f"decoding={self.decoding!r} is unknown"),
+            (self.action_slot_embedding in ("learned", "zero"), "action_slot_embedding must be learned|zero"),
+            (self.use_proprio is False or self.proprio_dim > 0, "use_proprio needs proprio_dim > 0"),
+            (self.image_size >= 8 and self.num_views >= 1, "image_size must be >= 8 and num_views >= 1"),
+            (self.target_dim >= 0, f"target_dim={self.target_dim} must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"PolicyConfig: {msg}")
+        self.value_hidden = tuple(int(h) for h in self.value_hidden)
+        self.normalize_mask = tuple(bool(m) for m in self.normalize_mask)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Statistics as plain JSON types (numpy arrays and tensors become lists) so they save as given."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        return np.asarray(obj.tolist()).tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.GELU())
+    return nn.Sequential(*layers)
+
+
+class LastR1Policy(nn.Module):
+    """LaST-R1 policy on the tiny CPU backbone. ``stats`` is ``dataset_statistics.json`` (None: identity)."""
+
+    def __init__(self, config: PolicyConfig | None = None, stats: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        cfg = self.config = config or PolicyConfig()
+        self.stats = _jsonable(stats) if stats is not None else identity_action_stats(cfg.action_dim)
+        self.tokenizer = ActionTokenizer(
+            self.stats,
+            num_bins=cfg.num_bins,
+            chunk=cfg.chunk,
+            normalize_mask=cfg.normalize_mask or None,
+            binarize_gripper=cfg.binarize_gripper,
+        )
+        if self.tokenizer.action_dim != cfg.action_dim:
+            raise ValueError(
+                f"dataset statistics have {self.tokenizer.action_dim} action dims but PolicyConfig.action_dim="
+                f"{cfg.action_dim}; pass matching statistics"
+            )
+        self.text_tokenizer = HashWordTokenizer(cfg.instruction_vocab, cfg.instruction_max_len)
+        d = cfg.d_model
+        self.image_encoder = ImageEncoder(d, cfg.num_views, cfg.image_grid)
+        self.text_embed = nn.Embedding(cfg.instruction_vocab, d)
+        self.proprio_encoder = ProprioEncoder(cfg.proprio_dim, d) if cfg.use_proprio else None
+        mean, std = self._proprio_stats()
+        self.register_buffer("proprio_mean", mean)
+        self.register_buffer("proprio_std", std)
+        n_prefix = (
+            self.image_encoder.num_tokens(cfg.num_views) + cfg.instruction_max_len + int(cfg.use_proprio) + 1
+        )
+        self.layout = SequenceLayout(n_prefix, cfg.k_max, cfg.chunk * cfg.action_dim, cfg.latent_group)
+        self.latent_start = nn.Parameter(torch.randn(d) * 0.02)
+        slots = torch.randn(self.layout.n_actions, d) * 0.02
+        if cfg.action_slot_embedding == "learned":
+            self.action_slots = nn.Parameter(slots)
+        else:
+            self.register_buffer("action_slots", torch.zeros_like(slots))
+        self.action_token_embed = nn.Embedding(cfg.num_bins, d) if cfg.decoding == "autoregressive" else None
+        self.backbone = TinyTransformer(
+            TinyConfig(d, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio, self.layout.total, cfg.dropout)
+        )
+        self.stop_head = nn.Linear(d, 1) if cfg.k_max > 0 else None
+        self.action_head = nn.Linear(d, cfg.num_bins)
+        self.value_head = _mlp([d, *cfg.value_hidden, 1])
+        self.latent_proj = nn.Linear(d, cfg.target_dim) if cfg.target_dim > 0 else None
+        for module in (self.text_embed, self.action_token_embed):
+            if module is not None:
+                nn.init.normal_(module.weight, std=0.02)
+
+    # ------------------------------------------------------------------ pre-processing
+
+    def _proprio_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.config.proprio_dim if self.config.use_proprio else 0
+        mean, std = torch.zeros(p), torch.ones(p)
+        ps = self.stats.get("proprio") if isinstance(self.stats, dict) else None
+        if p and isinstance(ps, dict) and "mean" in ps and "std" in ps:
+            m, s = torch.as_tensor(ps["mean"]).float().flatten(), torch.as_tensor(ps["std"]).float().flatten()
+            if m.numel() != p or s.numel() != p:
+                raise ValueError(f"stats['proprio'] has {m.numel()} dims but PolicyConfig.proprio_dim={p}")
+            mean, std = m, s.clamp_min(1e-6)
+        return mean, std
+
+    @property
+    def device(self) -> torch.device:
+        return self.action_head.weight.device
+
+    def encode_obs(self, obs: Any) -> PolicyInputs:
+        """Validate an :class:`~lastr1.envs.base.Observation` and turn it into network inputs."""
+        cfg = self.config
+        images = torch.as_tensor(np.asarray(obs.images)) if not torch.is_tensor(obs.images) else obs.images
+        want = (cfg.num_views, cfg.image_size, cfg.image_size, 3)
+        if images.ndim != 5 or tuple(images.shape[1:]) != want:
+            raise ValueError(
+                f"obs.images has shape {tuple(images.shape)} but the policy expects (N, {', '.join(map(str, want))}) "
+                f"(PolicyConfig image_size={cfg.image_size}, num_views={cfg.num_views}); make env.image_size / "
+                "wrist_view match the policy config"
+            )
+        if images.dtype != torch.uint8:
+            raise ValueError(f"obs.images must be uint8 in [0, 255], got dtype {images.dtype}")
+        n = images.shape[0]
+        if len(obs.instruction) != n:
+            raise ValueError(f"obs.instruction has {len(obs.instruction)} strings for {n} images")
+        if cfg.use_proprio:
+            proprio = torch.as_tensor(np.asarray(obs.proprio, dtype=np.float32))
+            if proprio.shape != (n, cfg.proprio_dim):
+                raise ValueError(
+                    f"obs.proprio has shape {tuple(proprio.shape)} but the policy expects ({n}, {cfg.proprio_dim}); "
+                    "set PolicyConfig.proprio_dim to the env's proprio size (or use_proprio=false)"
+                )
+            if not torch.isfinite(proprio).all():
+                raise ValueError("obs.proprio contains NaN or inf")
+        else:
+            proprio = torch.zeros(n, 0)
+        ids, mask = self.text_tokenizer(list(obs.instruction))
+        return PolicyInputs(images, proprio, ids, mask).to(self.device)
+
+    def _prefix(self, inputs: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix embeddings ``(B, Lp, D)`` and key validity ``(B, Lp)``."""
+        b = len(inputs)
+        img = inputs.images.permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+        parts = [self.image_encoder(img), self.text_embed(inputs.instruction_ids)]
+        valid = [
+            torch.ones(b, parts[0].shape[1], dtype=torch.bool, device=img.device),
+            inputs.instruction_mask,
+        ]
+        if self.proprio_encoder is not None:
+            parts.append(self.proprio_encoder((inputs.proprio - self.proprio_mean) / self.proprio_std))
+            valid.append(valid[0][:, :1])
+        parts.append(self.latent_start.expand(b, 1, -1))
+        valid.append(valid[0][:, :1])
+        return torch.cat(parts, dim=1), torch.cat(valid, dim=1)
+
+    # ------------------------------------------------------------------ building blocks
+
+    def _stop_logits(self, chain: torch.Tensor) -> torch.Tensor:
+        """``chain`` = hidden states at positions Lp-1 .. Lp+K-1 ``(B, K+1, D)`` -> ``(B, num_candidates)``."""
+        if self.stop_head is None:
+            return chain.new_zeros(chain.shape[0], 0)
+        idx = torch.tensor(self.layout.candidate_lengths(), device=chain.device)
+        return self.stop_head(chain[:, idx]).squeeze(-1)
+
+    def _value(self, chain: torch.Tensor, latent_len: torch.Tensor) -> torch.Tensor:
+        h = chain[torch.arange(chain.shape[0], device=chain.device), latent_len]
+        return self.value_head(h).squeeze(-1)
+
+    def _action_inputs(self, b: int, tokens: torch.Tensor | None) -> torch.Tensor:
+        """Action-slot input embeddings; autoregressive mode adds the previous token's embedding."""
+        emb = self.action_slots.expand(b, -1, -1)
+        if self.action_token_embed is not None and tokens is not None:
+            prev = self.action_token_embed(tokens[:, :-1])
+            emb = torch.cat([emb[:, :1], emb[:, 1:] + prev], dim=1)
+        return emb
+
+    def _latent_mask(self, latent_len: torch.Tensor) -> torch.Tensor:
+        return torch.arange(self.layout.k_max, device=latent_len.device)[None] < latent_len[:, None]
+
+    def _check_lengths(self, latent_len: torch.Tensor) -> None:
+        allowed = self.layout.candidate_lengths() or [0]
+        bad = ~torch.isin(latent_len, torch.tensor(allowed, device=latent_len.device))
+        if bad.any():
+            raise ValueError(
+                f"latent_len values {latent_len[bad].tolist()} are not among the candidates {allowed}"
+            )
+
+    def _run_latents(
+        self,
+        stream: DecodeStream,
+        prefix_hidden_last: torch.Tensor,
+        noise_std: float,
+        gen: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coconut loop: returns fed-back latents ``(B, K, D)`` and the chain ``(B, K+1, D)``."""
+        b = prefix_hidden_last.shape[0]
+        full = torch.full((b,), self.layout.k_max, device=prefix_hidden_last.device)
+        h, latents, chain = prefix_hidden_last, [], [prefix_hidden_last]
+        for _ in range(self.layout.k_max):
+            z = h
+            if noise_std > 0:
+                z = h + noise_std * torch.randn(h.shape, generator=gen, device=h.device, dtype=h.dtype)
+            latents.append(z)
+            h = stream.feed(z[:, None], full)[:, 0]
+            chain.append(h)
+        d = prefix_hidden_last.shape[-1]
+        lat = torch.stack(latents, dim=1) if latents else prefix_hidden_last.new_zeros(b, 0, d)
+        return lat, torch.stack(chain, dim=1)
+
+    # ------------------------------------------------------------------ public API
+
+    @torch.no_grad()
+    def act(
+        self,
+        obs: Any,
+        mode: Literal["sample", "greedy"] = "sample",
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> ActionOutput:
+        """Reason, choose the length, decode an action chunk.
+
+        ``obs`` is an :class:`~lastr1.envs.base.Observation` (or already-encoded :class:`PolicyInputs`).
+        All ``k_max`` latent steps always run (the stop categorical needs every candidate's logit);
+        ``use_cache=False`` recomputes the whole sequence per step (the latency baseline).
+        """
+        if mode not in ("sample", "greedy"):
+            raise ValueError(f"act mode={mode!r} must be 'sample' or 'greedy'")
+        cfg, lay = self.config, self.layout
+        inputs = obs.to(self.device) if isinstance(obs, PolicyInputs) else self.encode_obs(obs)
+        b = len(inputs)
+        a_temp = cfg.action_temperature if mode == "sample" else 1.0
+        s_temp = cfg.stop_temperature if mode == "sample" else 1.0
+        prefix, valid = self._prefix(inputs)
+        stream = DecodeStream(self.backbone, lay, valid, cfg.decoding == "autoregressive", use_cache)
+        full = torch.full((b,), lay.k_max, device=prefix.device)
+        h_prefix = stream.feed(prefix, full)[:, -1]
+        noise = cfg.latent_noise_std if mode == "sample" else 0.0
+        latents, chain = self._run_latents(stream, h_prefix, noise, generator)
+        stop_logits = self._stop_logits(chain)
+        if lay.k_max:
+            stop_index, logp_stop = choose_stop(stop_logits, mode, s_temp, cfg.eval_stop_threshold, generator)
+        else:
+            stop_index, logp_stop = (
+                torch.zeros(b, dtype=torch.long, device=prefix.device),
+                prefix.new_zeros(b),
+            )
+        latent_len = lay.latent_len(stop_index)
+        if cfg.decoding == "parallel":
+            hidden = stream.feed(self._action_inputs(b, None), latent_len)
+            tokens, logp_tokens = sample_tokens(self.action_head(hidden), mode, a_temp, generator)
+        else:
+            tok_list: list[torch.Tensor] = []
+            lp_list: list[torch.Tensor] = []
+            for j in range(lay.n_actions):
+                emb = self.action_slots[j].expand(b, 1, -1)
+                if j > 0:
+                    emb = emb + self.action_token_embed(tok_list[-1])[:, None]
+                hidden = stream.feed(emb, latent_len)
+                tok, lp = sample_tokens(self.action_head(hidden[:, 0]), mode, a_temp, generator)
+                tok_list.append(tok)
+                lp_list.append(lp)
+            tokens, logp_tokens = torch.stack(tok_list, 1), torch.stack(lp_list, 1)
+        return ActionOutput(
+            actions=self.tokenizer.decode(tokens),
+            action_tokens=tokens,
+            latents=latents,
+            latent_len=latent_len,
+            stop_index=stop_index,
+            latent_mask=self._latent_mask(latent_len),
+            logp_action=logp_tokens.double().sum(1),
+            logp_tokens=logp_tokens,
+            logp_stop=logp_stop,
+            stop_logits=stop_logits,
+            value=self._value(chain, latent_len),
+            action_temperature=torch.full((b,), a_temp, device=prefix.device),
+            stop_temperature=torch.full((b,), s_temp, device=prefix.device),
+            inputs=inputs,
+        )
+
+    def _teacher_forced(
+        self,
+        inputs: PolicyInputs,
+        latents: torch.Tensor,
+        latent_len: torch.Tensor,
+        tokens: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward over the whole sequence; returns the chain ``(B, K+1, D)`` and action hidden states."""
+        lay = self.layout
+        b = len(inputs)
+        if latents.shape[:2] != (b, lay.k_max):
+            raise ValueError(f"latents must have shape ({b}, {lay.k_max}, D), got {tuple(latents.shape)}")
+        prefix, valid = self._prefix(inputs)
+        seq = torch.cat([prefix, latents.to(prefix.dtype), self._action_inputs(b, tokens)], dim=1)
+        stream = DecodeStream(
+            self.backbone, lay, valid, self.config.decoding == "autoregressive", use_cache=True
+        )
+        hidden = stream.feed(seq, latent_len)
+        return hidden[:, lay.n_prefix - 1 : lay.action_begin], hidden[:, lay.action_begin :]
+
+    def log_probs(self, batch: PolicyBatch) -> LogProbs:
+        """Re-score stored decisions teacher-forced on the stored latents, in one batched forward."""
+        stop_index = batch.stop_index.long()
+        latent_len = self.layout.latent_len(stop_index)
+        tokens = batch.action_tokens.long()
+        chain, act_hidden = self._teacher_forced(batch.inputs, batch.latents, latent_len, tokens)
+        logits = self.action_head(act_hidden) / batch.action_temperature[:, None, None]
+        logp_all = F.log_softmax(logits, dim=-1)
+        logp_tokens = logp_all.gather(-1, tokens[..., None]).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1).mean(-1)
+        stop_logits = self._stop_logits(chain)
+        if self.layout.k_max:
+            stop_lp = F.log_softmax(stop_logits / batch.stop_temperature[:, None], dim=-1)
+            logp_stop = stop_lp.gather(1, stop_index[:, None]).squeeze(1)
+        else:
+            logp_stop = logp_tokens.new_zeros(len(batch))
+        return LogProbs(
+            logp_tokens=logp_tokens,
+            logp_action=logp_tokens.double().sum(1),
+            logp_stop=logp_stop,
+            mu=chain[:, :-1],
+            latent_mask=self._latent_mask(latent_len),
+            value=self._value(chain, latent_len),
+            entropy=entropy,
+            stop_logits=stop_logits,
+        )
+
+    def stop_target(self, latent_len: torch.Tensor) -> torch.Tensor:
+        """Candidate index for a reasoning length (SFT stop cross-entropy target: ``L / group - 1``)."""
+        self._check_lengths(latent_len)
+        return latent_len // self.layout.latent_group - 1
+
+    def sft_outputs(
+        self,
+        inputs: PolicyInputs,
+        latent_len: torch.Tensor | None = None,
+        action_tokens: torch.Tensor | None = None,
+        latent_inputs: torch.Tensor | None = None,
+    ) -> SFTOutputs:
+        """Differentiable outputs for the warm-up losses.
+
+        Latents are the model's own (Coconut: ``k_max`` sequential KV-cached steps with gradients) unless
+        ``latent_inputs`` ``(B, K, D)`` are given to teacher-force them. Action slots see only the first
+        ``latent_len`` latents (default ``k_max``). ``action_tokens`` are required for autoregressive
+        decoding (teacher forcing). The value is read at slot ``latent_len``.
+        """
+        lay, b = self.layout, len(inputs)
+        if latent_len is None:
+            latent_len = torch.full((b,), lay.k_max, dtype=torch.long, device=self.device)
+        latent_len = latent_len.long().to(self.device)
+        self._check_lengths(latent_len)
+        if self.config.decoding == "autoregressive" and action_tokens is None:
+            raise ValueError("sft_outputs needs action_tokens for autoregressive decoding (teacher forcing)")
+        tokens = action_tokens.long() if action_tokens is not None else None
+        if latent_inputs is not None:
+            chain, act_hidden = self._teacher_forced(inputs, latent_inputs, latent_len, tokens)
+        else:
+            prefix, valid = self._prefix(inputs)
+            stream = DecodeStream(self.backbone, lay, valid, self.config.decoding == "autoregressive")
+            h_prefix = stream.feed(prefix, torch.full_like(latent_len, lay.k_max))[:, -1]
+            _, chain = self._run_latents(stream, h_prefix, 0.0, None)
+            act_hidden = stream.feed(self._action_inputs(b, tokens), latent_len)
+        mu = chain[:, :-1]
+        return SFTOutputs(
+            action_logits=self.action_head(act_hidden),
+            latents=mu,
+            latent_pred=self.latent_proj(mu) if self.latent_proj is not None else None,
+            latent_mask=self._latent_mask(latent_len),
+            stop_logits=self._stop_logits(chain),
+            value=self._value(chain, latent_len),
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors``, ``config.json`` and ``dataset_statistics.json`` to ``directory``."""
+        from safetensors.torch import save_file
+
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(path / WEIGHTS_FILE))
+        (path / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
+        (path / STATS_FILE).write_text(json.dumps(self.stats, indent=2))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> LastR1Policy:
+        """Rebuild a policy saved by :meth:`save_pretrained`."""
+        from safetensors.torch import load_file
+
+        from lastr1.config import from_dict
+
+        path = Path(directory)
+        if not path.is_dir():
+            raise ValueError(
+                f"policy folder {str(path)!r} does not exist; pass a folder written by save_pretrained"
+            )
+        missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE) if not (path / f).is_file()]
+        if missing:
+            raise ValueError(
+                f"policy folder {str(path)!r} is incomplete: missing {missing}; re-save the policy"
+            )
+        try:
+            config = from_dict(PolicyConfig, json.loads((path / CONFIG_FILE).read_text()), prefix="policy")
+            stats = json.loads((path / STATS_FILE).read_text())
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise ValueError(f"cannot read policy folder {str(path)!r}: {exc}") from None
+        policy = cls(config, stats)
+        try:
+            result = policy.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            raise ValueError(f"{path / WEIGHTS_FILE} does not match config.json: {exc}") from None
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"{path / WEIGHTS_FILE} does not match config.json: missing {result.missing_keys[:5]}, "
+                f"unexpected {result.unexpected_keys[:5]}"
+            )
+        return policy.to(device)

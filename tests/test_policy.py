@@ -1,0 +1,234 @@
+"""LastR1Policy: shapes, KV cache, re-scoring equality, masks, stop rule, SFT outputs, save/load, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from lastr1.envs.base import Observation
+from lastr1.models import LastR1Policy, PolicyBatch, PolicyConfig
+from lastr1.models.latent import choose_stop
+
+B = 3
+
+
+def _config(**kw) -> PolicyConfig:
+    base = dict(
+        image_size=16,
+        image_grid=2,
+        proprio_dim=3,
+        instruction_vocab=64,
+        instruction_max_len=6,
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        k_max=4,
+        latent_group=2,
+        chunk=2,
+        value_hidden=(16,),
+    )
+    base.update(kw)
+    return PolicyConfig(**base)
+
+
+def _policy(seed: int = 0, **kw) -> LastR1Policy:
+    torch.manual_seed(seed)
+    return LastR1Policy(_config(**kw)).eval()
+
+
+def _obs(n: int = B, size: int = 16, proprio: int = 3, seed: int = 0) -> Observation:
+    rng = np.random.default_rng(seed)
+    words = ["pick up the red block", "open the drawer", "push the button now please"]
+    return Observation(
+        images=rng.integers(0, 256, (n, 1, size, size, 3), dtype=np.uint8),
+        proprio=rng.standard_normal((n, proprio)).astype(np.float32),
+        instruction=[words[i % 3] for i in range(n)],
+        privileged=np.zeros((n, 2), np.float32),
+        task=np.zeros(n, np.int64),
+    )
+
+
+def test_act_shapes_and_ranges() -> None:
+    policy = _policy()
+    for mode in ("sample", "greedy"):
+        out = policy.act(_obs(), mode=mode, generator=torch.Generator().manual_seed(1))
+        assert out.actions.shape == (B, 2, 7) and out.action_tokens.shape == (B, 14)
+        assert out.latents.shape == (B, 4, 32) and out.latent_mask.shape == (B, 4)
+        assert out.stop_logits.shape == (B, 2)
+        for t in (out.latent_len, out.stop_index, out.logp_action, out.logp_stop, out.value):
+            assert t.shape == (B,)
+        assert set(out.latent_len.tolist()) <= {2, 4}
+        assert torch.equal(out.latent_len, (out.stop_index + 1) * 2)
+        assert torch.equal(out.latent_mask.sum(1), out.latent_len)
+        assert out.actions.abs().max() <= 1.0 and torch.all(out.logp_tokens <= 0)
+        assert torch.allclose(out.logp_action, out.logp_tokens.double().sum(1))
+        expected_temp = 1.6 if mode == "sample" else 1.0
+        assert torch.all(out.action_temperature == expected_temp)
+
+
+def test_kv_cache_matches_full_recompute() -> None:
+    policy = _policy()
+    obs = _obs()
+    cached = policy.act(obs, mode="greedy", use_cache=True)
+    full = policy.act(obs, mode="greedy", use_cache=False)
+    torch.testing.assert_close(cached.latents, full.latents, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached.stop_logits, full.stop_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached.value, full.value, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached.logp_tokens, full.logp_tokens, atol=1e-5, rtol=0)
+    assert torch.equal(cached.action_tokens, full.action_tokens)
+    again = policy.act(cached.inputs, mode="greedy")  # already-encoded inputs are accepted too
+    assert torch.equal(again.action_tokens, cached.action_tokens)
+
+
+@pytest.mark.parametrize("decoding", ["parallel", "autoregressive"])
+@pytest.mark.parametrize("mode", ["sample", "greedy"])
+def test_log_probs_match_act(decoding: str, mode: str) -> None:
+    policy = _policy(decoding=decoding)
+    out = policy.act(_obs(), mode=mode, generator=torch.Generator().manual_seed(2))
+    lp = policy.log_probs(PolicyBatch.from_act(out))
+    assert (lp.logp_action - out.logp_action).abs().max() <= 1e-5
+    assert (lp.logp_tokens - out.logp_tokens).abs().max() <= 1e-5
+    assert (lp.logp_stop - out.logp_stop).abs().max() <= 1e-5
+    assert (lp.mu - out.latents).abs().max() <= 1e-5
+    assert (lp.value - out.value).abs().max() <= 1e-5
+    assert torch.equal(lp.latent_mask, out.latent_mask)
+    assert lp.entropy.shape == (B,) and torch.all(lp.entropy > 0)
+
+
+def test_log_probs_are_differentiable_and_batchable() -> None:
+    policy = _policy()
+    outs = [policy.act(_obs(seed=s), generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    batch = PolicyBatch.cat([PolicyBatch.from_act(o) for o in outs]).index([0, 2, 4])
+    lp = policy.log_probs(batch)
+    (lp.logp_action.sum() + lp.logp_stop.sum() + lp.value.sum() + lp.mu.sum()).backward()
+    assert policy.backbone.blocks[0].attn.qkv.weight.grad is not None
+    assert policy.stop_head.weight.grad.abs().sum() > 0
+    assert torch.allclose(
+        lp.logp_action.detach(), torch.cat([o.logp_action for o in outs])[[0, 2, 4]], atol=1e-5
+    )
+
+
+def test_latent_noise_keeps_rescoring_exact() -> None:
+    policy = _policy(latent_noise_std=0.5)
+    out = policy.act(_obs(), mode="sample", generator=torch.Generator().manual_seed(3))
+    lp = policy.log_probs(PolicyBatch.from_act(out))
+    assert (lp.mu - out.latents).abs().max() > 0.1  # the latents are noisy samples around mu
+    assert (lp.logp_action - out.logp_action).abs().max() <= 1e-5
+    assert (lp.logp_stop - out.logp_stop).abs().max() <= 1e-5
+
+
+def test_latents_after_chosen_length_are_masked_from_actions() -> None:
+    policy = _policy()
+    inputs = policy.encode_obs(_obs())
+    lat = torch.randn(B, 4, 32)
+    length = torch.full((B,), 2)
+    base = policy.sft_outputs(inputs, latent_len=length, latent_inputs=lat).action_logits
+    after = lat.clone()
+    after[:, 2:] += 5.0  # slots 3 and 4 lie after the chosen length 2
+    torch.testing.assert_close(policy.sft_outputs(inputs, length, latent_inputs=after).action_logits, base)
+    before = lat.clone()
+    before[:, 1] += 5.0  # slot 2 is inside the chosen length
+    assert (policy.sft_outputs(inputs, length, latent_inputs=before).action_logits - base).abs().max() > 1e-4
+    longer = policy.sft_outputs(inputs, torch.full((B,), 4), latent_inputs=after).action_logits
+    assert (longer - base).abs().max() > 1e-4  # with length 4 the same change is visible
+
+
+def test_sft_outputs_coconut_loop_matches_act_and_has_gradients() -> None:
+    policy = _policy(target_dim=5)
+    obs = _obs()
+    out = policy.act(obs, mode="greedy")
+    sft = policy.sft_outputs(policy.encode_obs(obs), latent_len=out.latent_len)
+    torch.testing.assert_close(sft.latents.detach(), out.latents, atol=1e-5, rtol=0)
+    assert sft.action_logits.shape == (B, 14, 256) and sft.latent_pred.shape == (B, 4, 5)
+    assert sft.stop_logits.shape == (B, 2) and sft.value.shape == (B,)
+    torch.testing.assert_close(sft.action_logits.detach().argmax(-1), out.action_tokens)
+    # the last latent depends on the image only through the sequential loop: gradients must reach it
+    sft.latents[:, -1].pow(2).sum().backward()
+    assert policy.image_encoder.proj.weight.grad.abs().sum() > 0
+    assert torch.equal(policy.stop_target(torch.tensor([2, 4])), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="not among the candidates"):
+        policy.sft_outputs(policy.encode_obs(obs), latent_len=torch.full((B,), 3))
+
+
+def test_k_max_zero_has_no_latents_and_no_stop() -> None:
+    policy = _policy(k_max=0)
+    out = policy.act(_obs(), generator=torch.Generator().manual_seed(0))
+    assert out.latents.shape == (B, 0, 32) and out.stop_logits.shape == (B, 0)
+    assert torch.all(out.latent_len == 0) and torch.all(out.logp_stop == 0)
+    assert policy.stop_head is None
+    lp = policy.log_probs(PolicyBatch.from_act(out))
+    assert (lp.logp_action - out.logp_action).abs().max() <= 1e-5
+    assert (lp.value - out.value).abs().max() <= 1e-5
+    sft = policy.sft_outputs(policy.encode_obs(_obs()))
+    assert sft.latents.shape == (B, 0, 32) and sft.action_logits.shape == (B, 14, 256)
+
+
+def test_greedy_stop_threshold_rule() -> None:
+    logits = torch.tensor([[5.0, 6.0, 0.0, 0.0], [-1.0, 0.0, 0.5, -2.0], [0.0, 4.7, 9.0, 9.5]])
+    index, logp = choose_stop(logits, "greedy", 1.0, 0.99)
+    # row 0: sigmoid(5) = 0.9933 >= 0.99 at the first candidate although 6 is larger;
+    # row 1: nothing reaches 0.99 -> argmax; row 2: sigmoid(4.7) = 0.991 -> second candidate
+    assert index.tolist() == [0, 2, 1]
+    torch.testing.assert_close(logp, torch.log_softmax(logits, -1)[torch.arange(3), index])
+    # and through the policy: a strongly positive stop bias stops at the first candidate
+    policy = _policy()
+    with torch.no_grad():
+        policy.stop_head.weight.zero_()
+        policy.stop_head.bias.fill_(10.0)
+    assert torch.all(policy.act(_obs(), mode="greedy").latent_len == 2)
+
+
+def test_stop_sampling_follows_tempered_softmax() -> None:
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0]]).expand(20000, 4)
+    index, logp = choose_stop(logits, "sample", 1.6, 0.99, torch.Generator().manual_seed(0))
+    freq = torch.bincount(index, minlength=4).float() / 20000
+    torch.testing.assert_close(freq, torch.softmax(logits[0] / 1.6, -1), atol=0.015, rtol=0)
+    torch.testing.assert_close(logp, torch.log_softmax(logits / 1.6, -1).gather(1, index[:, None])[:, 0])
+
+
+def test_save_load_round_trip(tmp_path) -> None:
+    stats = {"action": {k: [-0.5 + 0.1 * i for i in range(7)] for k in ("mean", "std", "min", "q01")}}
+    stats["action"].update({k: [0.5 + 0.1 * i for i in range(7)] for k in ("max", "q99")})
+    stats["proprio"] = {"mean": np.array([0.1, 0.2, 0.3]), "std": [1.0, 2.0, 3.0]}  # numpy is accepted
+    torch.manual_seed(0)
+    policy = LastR1Policy(_config(target_dim=4), stats).eval()
+    policy.save_pretrained(tmp_path / "ckpt")
+    loaded = LastR1Policy.from_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.config == policy.config and loaded.stats == policy.stats
+    obs = _obs()
+    a = policy.act(obs, generator=torch.Generator().manual_seed(5))
+    b = loaded.act(obs, generator=torch.Generator().manual_seed(5))
+    for f in dataclasses.fields(a):
+        if isinstance(getattr(a, f.name), torch.Tensor):
+            assert torch.equal(getattr(a, f.name), getattr(b, f.name)), f.name
+    with pytest.raises(ValueError, match="does not exist"):
+        LastR1Policy.from_pretrained(tmp_path / "nope")
+    other = LastR1Policy(_config(d_model=16, n_heads=2))
+    other.save_pretrained(tmp_path / "small")
+    (tmp_path / "small" / "config.json").write_text((tmp_path / "ckpt" / "config.json").read_text())
+    with pytest.raises(ValueError, match="does not match config.json"):
+        LastR1Policy.from_pretrained(tmp_path / "small")
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="incomplete"):
+        LastR1Policy.from_pretrained(tmp_path / "ckpt")
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    policy = _policy()
+    with pytest.raises(ValueError, match="image_size=16"):
+        policy.act(_obs(size=32))
+    with pytest.raises(ValueError, match="proprio_dim"):
+        policy.act(_obs(proprio=5))
+    bad = _obs()
+    bad.images = bad.images.astype(np.float32)
+    with pytest.raises(ValueError, match="uint8"):
+        policy.act(bad)
+    with pytest.raises(ValueError, match="mode"):
+        policy.act(_obs(), mode="beam")
+    with pytest.raises(ValueError, match="multiple of latent_group"):
+        _config(k_max=3)
+    no_proprio = _policy(use_proprio=False)
+    assert no_proprio.act(_obs(proprio=5)).actions.shape == (B, 2, 7)  # proprio ignored when unused
