@@ -23,6 +23,7 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
+    "demo": Command("lastr1.commands.demo", "end-to-end: demos → SFT → LAPO → eval → report.md"),
     "envs": Command("lastr1.commands.envs", "list simulator suites and their tasks"),
     "make-demos": Command(
         "lastr1.commands.make_demos", "record successful one-shot demos from scripted experts"

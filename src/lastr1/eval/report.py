@@ -90,3 +90,50 @@ def success_table(before: dict[str, Any], after: dict[str, Any]) -> str:
         f"{after['mean_latent_len']:.2f} | {after['episodes']} |"
     )
     return "\n".join(lines)
+
+
+def write_run_report(
+    run_dir: Path, before: dict[str, Any], after: dict[str, Any], seconds: dict[str, float], algo: str
+) -> Path:
+    """``report.md`` for a demo run: curves, latent lengths, before/after table, video links."""
+    rl = run_dir / "rl"
+    curve = plot_learning_curve({algo: rl}, run_dir / "learning_curve.png")
+    latent = plot_latent_length(rl, run_dir / "latent_length.png")
+    lines = [
+        f"# lastr1 run report: {run_dir.name}",
+        "",
+        f"SFT warm-up on one demo per task, then `{algo}` RL; evaluation on the held-out `eval` "
+        "initial states with greedy actions and the deterministic stop rule.",
+        "",
+        "## Success before and after RL (95 % Wilson intervals)",
+        "",
+        success_table(before, after),
+        "",
+        "## Learning curve",
+        "",
+        f"![learning curve]({curve.name})",
+        "",
+        "## Reasoning length per task (training rollouts)",
+        "",
+        f"![latent length]({latent.name})",
+        "",
+        "## Rollout videos",
+        "",
+    ]
+    for label, res in (("SFT", before), ("RL", after)):
+        for name, r in res["per_task"].items():
+            if r.get("video"):
+                lines.append(
+                    f"- {label} / {name}: [{Path(r['video']).name}]({Path(r['video']).relative_to(run_dir)})"
+                )
+    lines += ["", "## Time per stage (seconds)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
+    lines += [
+        "",
+        "Reproduce a stage by hand: `lastr1 sft --config sft/config.yaml`, "
+        "`lastr1 rl --config rl/config.yaml`, `lastr1 eval --checkpoint rl/final ...`.",
+        "",
+    ]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

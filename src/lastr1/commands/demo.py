@@ -1,0 +1,148 @@
+"""``lastr1 demo``: the end-to-end main job (what ``make demo`` runs).
+
+make one-shot demos (scripted experts) → SFT warm-up → LAPO RL → final evaluation with videos →
+``runs/<name>/report.md`` (learning curve, latent length per task, before/after table).
+
+Presets are the only place with stage sizes; everything else is each stage's own config, so a
+user can reproduce any stage by hand with the commands printed in the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lastr1.algos import AlgoConfig
+from lastr1.commands import make_demos
+from lastr1.envs import EnvConfig, make_env
+from lastr1.eval.evaluate import evaluate, format_table, save_eval
+from lastr1.eval.report import write_run_report
+from lastr1.models.policy import LastR1Policy, PolicyConfig
+from lastr1.train.rl import RLConfig, train_rl
+from lastr1.train.sft import SFTConfig, train_sft
+
+# Stage sizes per preset. "default" targets ~10 minutes on 2 CPU cores; "quick" < 3 minutes (tests).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {
+        "tasks": ["reach-v3", "button-press-topdown-v3", "drawer-open-v3", "drawer-close-v3"],
+        "image_size": 64,
+        "max_steps": 200,
+        "num_envs": 4,
+        "policy": {"d_model": 128, "n_layers": 3, "n_heads": 4, "image_grid": 4, "value_hidden": (128, 64)},
+        "sft_steps": 600,
+        "sft_batch": 32,
+        "rl_iterations": 6,
+        "rollouts_per_iter": 16,
+        "eval_episodes": 10,
+        "final_eval_episodes": 20,
+    },
+    "quick": {
+        "tasks": ["reach-v3", "drawer-close-v3"],
+        "image_size": 48,
+        "max_steps": 80,
+        "num_envs": 2,
+        "policy": {"d_model": 64, "n_layers": 2, "n_heads": 4, "image_grid": 4, "value_hidden": (64,)},
+        "sft_steps": 40,
+        "sft_batch": 16,
+        "rl_iterations": 2,
+        "rollouts_per_iter": 4,
+        "eval_episodes": 2,
+        "final_eval_episodes": 2,
+    },
+}
+
+
+@dataclass
+class Config:
+    preset: Literal["default", "quick"] = "default"
+    name: str = ""  # run folder under runs_dir; default: demo-<preset>
+    runs_dir: str = "runs"
+    tasks: list[str] = field(default_factory=list)  # override the preset's Meta-World tasks
+    algo: Literal["lapo", "ppo_action", "grpo_action"] = "lapo"
+    seed: int = 0
+    progress: bool = True
+
+
+def _stage(title: str) -> float:
+    print(f"\n=== {title} ===", flush=True)
+    return time.perf_counter()
+
+
+def run(cfg: Config) -> int:
+    p = PRESETS[cfg.preset]
+    run_dir = Path(cfg.runs_dir) / (cfg.name or f"demo-{cfg.preset}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env_cfg = EnvConfig(
+        backend="metaworld",
+        tasks=list(cfg.tasks or p["tasks"]),
+        num_envs=p["num_envs"],
+        image_size=p["image_size"],
+        max_steps=p["max_steps"],
+        seed=cfg.seed,
+    )
+    seconds: dict[str, float] = {}
+
+    t = _stage("1/5 one-shot demos from scripted experts")
+    demos = run_dir / "demos"
+    if not (demos / "meta.json").is_file():
+        demo_cfg = make_demos.Config(
+            env=dataclasses.replace(env_cfg, num_envs=1), out=str(demos), overwrite=True
+        )
+        if make_demos.run(demo_cfg):
+            raise RuntimeError("make-demos failed; see the messages above")
+    seconds["demos"] = time.perf_counter() - t
+
+    t = _stage("2/5 SFT warm-up (actions + grounded latents + stop)")
+    sft_cfg = SFTConfig(
+        data=str(demos),
+        out=str(run_dir / "sft"),
+        policy=PolicyConfig(**p["policy"]),
+        steps=p["sft_steps"],
+        batch_size=p["sft_batch"],
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
+    sft_final = train_sft(sft_cfg)
+    seconds["sft"] = time.perf_counter() - t
+
+    t = _stage(f"3/5 RL post-training ({cfg.algo})")
+    rl_cfg = RLConfig(
+        env=env_cfg,
+        algo=AlgoConfig(name=cfg.algo),
+        checkpoint=str(sft_final),
+        out=str(run_dir / "rl"),
+        iterations=p["rl_iterations"],
+        rollouts_per_iter=p["rollouts_per_iter"],
+        group_size=2 if cfg.algo == "grpo_action" else 1,
+        eval_every=max(1, p["rl_iterations"] // 3),
+        eval_episodes_per_task=p["eval_episodes"],
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
+    train_rl(rl_cfg)
+    seconds["rl"] = time.perf_counter() - t
+
+    t = _stage("4/5 final evaluation on the eval initial states (SFT vs RL)")
+    results = {}
+    with make_env(env_cfg) as env:
+        for label, ckpt in (("sft", sft_final), ("rl", run_dir / "rl" / "final")):
+            policy = LastR1Policy.from_pretrained(ckpt).eval()
+            res = evaluate(
+                policy,
+                env,
+                p["final_eval_episodes"],
+                videos_dir=run_dir / "videos" / label,
+                progress=cfg.progress,
+            )
+            save_eval(res, run_dir / f"eval_{label}.json")
+            print(f"[{label}]\n{format_table(res)}")
+            results[label] = res
+    seconds["eval"] = time.perf_counter() - t
+
+    _stage("5/5 report")
+    report = write_run_report(run_dir, results["sft"], results["rl"], seconds, cfg.algo)
+    print(f"report: {report}")
+    return 0
