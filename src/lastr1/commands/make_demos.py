@@ -1,0 +1,224 @@
+"""``lastr1 make-demos``: record successful one-shot demos with scripted experts.
+
+For each task the expert runs from ``init_set`` initial states 0, 1, 2, ... and only successful
+episodes are kept, until ``episodes_per_task`` are found or ``max_tries_per_task`` starts were
+used. The output is a dataset directory in the format of :mod:`lastr1.data.episodes` plus an mp4
+preview of the first kept episode per task. Example::
+
+    lastr1 make-demos env.tasks=reach-v3,drawer-open-v3 episodes_per_task=1 out=runs/demos
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lastr1.data.episodes import EPISODES_DIR, META_FILE, STATS_FILE, Episode, write_episode, write_meta
+from lastr1.data.stats import statistics_from_arrays, write_statistics
+from lastr1.envs.base import INIT_SETS, SingleEnv, TaskSpec
+from lastr1.envs.config import EnvConfig
+from lastr1.envs.experts import ScriptedExpert, expert_factory, has_experts, make_expert
+from lastr1.envs.suites import resolve_tasks
+
+VIDEOS_DIR = "videos"
+VIDEO_FPS = 20
+
+
+@dataclass
+class Config:
+    """Which simulator/tasks, how many demos, where to write them."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    episodes_per_task: int = 1
+    out: str = "runs/demos"
+    max_tries_per_task: int = 20
+    # Demos come from the train set so evaluation starts stay unseen.
+    init_set: str = "train"
+    video: bool = True
+    # Replace an existing lastr1 dataset at `out` (never deletes a directory that is not one).
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.episodes_per_task < 1:
+            raise ValueError(f"episodes_per_task={self.episodes_per_task} must be >= 1")
+        if self.max_tries_per_task < self.episodes_per_task:
+            raise ValueError(
+                f"max_tries_per_task={self.max_tries_per_task} must be >= "
+                f"episodes_per_task={self.episodes_per_task}"
+            )
+        if self.init_set not in INIT_SETS:
+            raise ValueError(f"init_set={self.init_set!r} is unknown; use one of {list(INIT_SETS)}")
+        if not self.out.strip():
+            raise ValueError("out is empty; give the dataset directory to write, e.g. out=runs/demos")
+
+
+def _check_backend(backend: str) -> None:
+    if backend == "libero" and not has_experts("libero"):
+        raise ValueError(
+            "env.backend=libero: LIBERO scripted demos are not available yet "
+            "(lastr1.envs.experts.libero is missing); use env.backend=metaworld for now"
+        )
+    expert_factory(backend)  # fails early, before any simulator is built
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse to mix datasets; with ``overwrite`` remove only the files a dataset consists of."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={str(out)!r} is a file; give a directory path for the dataset")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(
+                f"out={str(out)!r} already exists and is not empty; choose a new directory "
+                "or pass overwrite=true to replace a previous lastr1 dataset there"
+            )
+        if not (out / META_FILE).is_file():
+            raise ValueError(
+                f"out={str(out)!r} is not empty and holds no lastr1 dataset ({META_FILE}); "
+                "refusing to overwrite it: choose another directory"
+            )
+        for name in (META_FILE, STATS_FILE):
+            (out / name).unlink(missing_ok=True)
+        for name in (EPISODES_DIR, VIDEOS_DIR):
+            shutil.rmtree(out / name, ignore_errors=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"out={str(out)!r} cannot be created: {exc}") from None
+
+
+def record_episode(
+    env: SingleEnv, expert: ScriptedExpert, task: TaskSpec, init_set: str, index: int
+) -> Episode:
+    """Run ``expert`` from one initial state until success or ``task.max_steps``."""
+    obs = env.reset(init_set, index)  # type: ignore[arg-type]
+    expert.reset()
+    frames, proprio, privileged, actions, rewards, success = [], [], [], [], [], []
+    for _ in range(task.max_steps):
+        action = np.asarray(expert.act(obs), dtype=np.float32)
+        frames.append(obs.images)
+        proprio.append(obs.proprio)
+        privileged.append(obs.privileged)
+        actions.append(action)
+        obs, reward, done = env.step(action)
+        rewards.append(reward)
+        success.append(done)
+        if done:
+            break
+    return Episode(
+        images=np.stack(frames).astype(np.uint8),
+        proprio=np.stack(proprio).astype(np.float32),
+        actions=np.stack(actions).astype(np.float32),
+        privileged=np.stack(privileged).astype(np.float32),
+        rewards=np.asarray(rewards, dtype=np.float32),
+        success=np.asarray(success, dtype=bool),
+        task=task.name,
+        instruction=task.instruction,
+        init_set=init_set,
+        init_index=index,
+    )
+
+
+def write_video(path: Path, episode: Episode) -> None:
+    """An mp4 preview; views side by side."""
+    import imageio.v2 as imageio
+
+    frames = np.concatenate(list(episode.images.transpose(1, 0, 2, 3, 4)), axis=2)  # (T, H, V*W, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimwrite(path, list(frames), fps=VIDEO_FPS, macro_block_size=1)
+
+
+def run(cfg: Config) -> int:
+    from tqdm import tqdm
+
+    _check_backend(cfg.env.backend)
+    tasks = resolve_tasks(cfg.env)
+    out = Path(cfg.out)
+    _prepare_out(out, cfg.overwrite)
+    backend = importlib.import_module(f"lastr1.envs.{cfg.env.backend}")
+
+    records: list[dict[str, object]] = []
+    per_task: dict[str, dict[str, int]] = {}
+    arrays: dict[str, list[np.ndarray]] = {"action": [], "proprio": []}
+    views = ["agent", "wrist"] if cfg.env.wrist_view else ["agent"]
+    dims: dict[str, int] = {}
+    start = time.time()
+    bar = tqdm(total=len(tasks) * cfg.episodes_per_task, desc="demos", unit="ep", file=sys.stderr)
+    for task in tasks:
+        env = backend.make_single_env(task, cfg.env)
+        expert = make_expert(cfg.env.backend, task, env)
+        kept = tries = 0
+        try:
+            while kept < cfg.episodes_per_task and tries < cfg.max_tries_per_task:
+                episode = record_episode(env, expert, task, cfg.init_set, tries)
+                tries += 1
+                bar.set_postfix(task=task.name, tries=tries)
+                if not episode.succeeded:
+                    continue
+                rel = Path(write_episode(out, len(records), episode)).relative_to(out)
+                records.append(
+                    {
+                        "file": rel.as_posix(),
+                        "task": task.name,
+                        "length": len(episode),
+                        "init_set": cfg.init_set,
+                        "init_index": episode.init_index,
+                    }
+                )
+                arrays["action"].append(episode.actions)
+                arrays["proprio"].append(episode.proprio)
+                dims = {
+                    "proprio_dim": episode.proprio.shape[1],
+                    "privileged_dim": episode.privileged.shape[1],
+                }
+                if cfg.video and kept == 0:
+                    try:
+                        write_video(out / VIDEOS_DIR / f"{task.name}.mp4", episode)
+                    except Exception as exc:  # a preview must not cost the demos; say why it is absent
+                        tqdm.write(f"{task.name}: no video ({type(exc).__name__}: {exc})", sys.stderr)
+                kept += 1
+                bar.update(1)
+        finally:
+            env.close()
+        per_task[task.name] = {"episodes": kept, "tries": tries}
+        tqdm.write(
+            f"{task.name}: {kept}/{cfg.episodes_per_task} successful demos in {tries} tries", sys.stderr
+        )
+    bar.close()
+
+    if not records:
+        print(
+            f"make-demos: no expert episode succeeded in {cfg.max_tries_per_task} tries per task; "
+            "nothing written",
+            file=sys.stderr,
+        )
+        return 1
+    write_meta(
+        out,
+        {
+            "backend": cfg.env.backend,
+            "suite": tasks[0].suite,
+            "tasks": [asdict(t) for t in tasks],
+            "image_size": cfg.env.image_size,
+            "views": views,
+            "action_dim": 7,
+            **dims,
+            "num_episodes": len(records),
+            "per_task": per_task,
+            "init_set": cfg.init_set,
+            "source": "scripted expert (lastr1 make-demos)",
+            "episodes": records,
+        },
+    )
+    write_statistics(out, statistics_from_arrays(arrays))
+    short = [name for name, c in per_task.items() if c["episodes"] < cfg.episodes_per_task]
+    print(f"wrote {len(records)} episodes to {out} in {time.time() - start:.0f} s")
+    if short:
+        print(f"make-demos: too few successful demos for {short}; raise max_tries_per_task", file=sys.stderr)
+        return 1
+    return 0
