@@ -197,7 +197,7 @@ def _lr_at(step: int, cfg: SFTConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     cosine = 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+    return float(cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine))
 
 
 def _policy_config(cfg: SFTConfig, dataset: Dataset) -> PolicyConfig:

@@ -1,0 +1,41 @@
+"""Shared fixtures: headless rendering, one torch thread, and a tiny toy demo dataset."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+TINY_POLICY = {
+    "d_model": 32,
+    "n_layers": 1,
+    "n_heads": 2,
+    "image_grid": 2,
+    "k_max": 4,
+    "value_hidden": (16,),
+    "instruction_max_len": 8,
+}
+
+
+@pytest.fixture(scope="session")
+def toy_demos(tmp_path_factory):
+    """Two successful expert demos per toy task at 32 px."""
+    from lastr1.commands import make_demos
+    from lastr1.envs import EnvConfig
+
+    out = tmp_path_factory.mktemp("toy") / "demos"
+    cfg = make_demos.Config(
+        env=EnvConfig(backend="toy", image_size=32, num_envs=1),
+        episodes_per_task=2,
+        out=str(out),
+        video=False,
+    )
+    assert make_demos.run(cfg) == 0
+    return out
