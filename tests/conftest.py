@@ -39,3 +39,25 @@ def toy_demos(tmp_path_factory):
     )
     assert make_demos.run(cfg) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def toy_sft_checkpoint(toy_demos, tmp_path_factory):
+    """A tiny SFT-warmed policy on the toy demos (the starting checkpoint for RL, eval and rollout tests)."""
+    from lastr1.models.policy import PolicyConfig
+    from lastr1.models.teachers.base import TeacherConfig
+    from lastr1.train.sft import SFTConfig, train_sft
+
+    cfg = SFTConfig(
+        data=str(toy_demos),
+        out=str(tmp_path_factory.mktemp("toy_sft") / "sft"),
+        policy=PolicyConfig(**TINY_POLICY),
+        teacher=TeacherConfig(name="proprio", k_max=4),
+        steps=30,
+        batch_size=16,
+        lr=3e-3,
+        warmup_steps=5,
+        checkpoint_every=30,
+        progress=False,
+    )
+    return train_sft(cfg)

@@ -123,7 +123,11 @@ def _optimizer(policy: LastR1Policy, cfg: RLConfig) -> torch.optim.Optimizer:
 def _update(
     policy: LastR1Policy, opt: torch.optim.Optimizer, cfg: RLConfig, old: OldTerms, out: ActionOutput, it: int
 ) -> dict[str, float]:
-    """K epochs of minibatch updates; raises FloatingPointError on a non-finite loss (nothing applied)."""
+    """K epochs of minibatch updates; raises FloatingPointError on a non-finite loss or gradient norm.
+
+    The bad minibatch is not applied, but earlier minibatches of this call already were: the caller
+    must roll the policy back to its last good weights.
+    """
     algo = get_algorithm(cfg.algo.name)
     n = old.advantages.shape[0]
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + it + 7)  # minibatch order, reproducible
@@ -255,6 +259,9 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                     f"stopping: {exc}; the last good checkpoint is kept ({where}), nothing was saved after it"
                 )
                 state["stopped"] = str(exc)
+                # earlier minibatches of this iteration were applied: roll back so `final` is the last good policy
+                restore = good / "policy" if good is not None else source
+                policy.load_state_dict(LastR1Policy.from_pretrained(restore).state_dict())
                 break
             t_update = time.perf_counter() - t1
             steps = int(roll.env_steps.sum())

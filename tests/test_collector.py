@@ -1,0 +1,204 @@
+"""The rollout collector on the toy env: what it stores per decision, when episodes end, group starts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pytest
+import torch
+
+import lastr1.eval.evaluate as evaluate_mod
+import lastr1.train.rl as rl
+from conftest import TINY_POLICY
+from lastr1.algos import AlgoConfig
+from lastr1.envs import EnvConfig, EpisodeSpec, make_env
+from lastr1.models.policy import LastR1Policy, PolicyConfig
+from lastr1.models.policy_io import PolicyBatch
+from lastr1.rollout.collector import collect, merge_rollouts
+
+CHUNK = 8  # PolicyConfig default
+
+
+def _env(num_envs: int = 2, max_steps: int | None = None):
+    return make_env(EnvConfig(backend="toy", image_size=32, num_envs=num_envs, max_steps=max_steps))
+
+
+@pytest.fixture(scope="module")
+def policy() -> LastR1Policy:
+    torch.manual_seed(0)
+    return LastR1Policy(PolicyConfig(**TINY_POLICY, image_size=32, proprio_dim=2)).eval()
+
+
+def test_collect_stores_every_decision(policy):
+    k, d, n_tok = TINY_POLICY["k_max"], TINY_POLICY["d_model"], CHUNK * 7
+    specs = [EpisodeSpec(0, "train", 3), EpisodeSpec(1, "train", 4), EpisodeSpec(1, "eval", 0)]
+    with _env(num_envs=3, max_steps=20) as env:
+        first_obs = env.reset(specs)
+        roll = collect(env, policy, specs, generator=torch.Generator().manual_seed(0), success_reward=5.0)
+    n_dec = roll.num_decisions
+    t_max = roll.mask.shape[1]
+    out = roll.out
+    assert len(out) == n_dec and t_max == math.ceil(20 / CHUNK)
+
+    # per decision: latents, stop, action tokens, old log-probs, value
+    assert out.latents.shape == (n_dec, k, d) and out.latents.dtype == torch.float32
+    assert out.latent_mask.shape == (n_dec, k) and out.latent_mask.dtype == torch.bool
+    assert out.stop_index.dtype == torch.long and set(out.stop_index.tolist()) <= {0, 1}
+    assert torch.equal(out.latent_len, 2 * (out.stop_index + 1))  # candidates {2, 4}
+    assert torch.equal(out.latent_mask.sum(1), out.latent_len)
+    assert out.action_tokens.shape == (n_dec, n_tok) and out.action_tokens.dtype == torch.long
+    assert out.action_tokens.min() >= 0 and out.action_tokens.max() < 256
+    assert out.actions.shape == (n_dec, CHUNK, 7) and out.actions.dtype == torch.float32
+    assert out.logp_tokens.shape == (n_dec, n_tok) and out.logp_tokens.dtype == torch.float32
+    assert out.logp_stop.shape == (n_dec,) and out.logp_stop.dtype == torch.float32
+    assert (out.logp_tokens <= 0).all() and (out.logp_stop <= 0).all()
+    assert out.value.shape == (n_dec,) and out.value.dtype == torch.float32
+    assert out.inputs.images.shape == (n_dec, 1, 32, 32, 3) and out.inputs.images.dtype == torch.uint8
+
+    # per episode, padded to T decisions: reward, value, length, done (= mask ends)
+    assert roll.index.shape == roll.mask.shape == roll.rewards.shape == (3, t_max)
+    assert roll.index.dtype == torch.long and roll.mask.dtype == torch.bool
+    assert roll.rewards.dtype == roll.values.dtype == torch.float32
+    assert roll.latent_len.dtype == torch.long and roll.success.dtype == torch.bool
+    assert roll.env_steps.dtype == torch.int64 and roll.task.tolist() == [0, 1, 1]
+    assert sorted(roll.index[roll.mask].tolist()) == list(range(n_dec))  # a bijection onto the flat rows
+    assert (roll.index[~roll.mask] == -1).all() and (roll.rewards[~roll.mask] == 0).all()
+    for i in range(3):  # valid decisions are a prefix: the episode is done after its last one
+        m = int(roll.mask[i].sum())
+        assert roll.mask[i, :m].all() and not roll.mask[i, m:].any()
+        assert m == math.ceil(int(roll.env_steps[i]) / CHUNK)
+    assert torch.equal(roll.flat(roll.values), out.value)  # value at acting time, same decision
+    assert torch.equal(roll.flat(roll.latent_len), out.latent_len)
+    # each episode's first decision saw its own reset observation
+    first = roll.index[:, 0]
+    np.testing.assert_array_equal(out.inputs.images[first].numpy(), first_obs.images)
+
+    # the stored decisions re-score to the stored old log-probs (ratio 1 on-policy)
+    lp = policy.log_probs(PolicyBatch.from_act(out))
+    torch.testing.assert_close(lp.logp_tokens, out.logp_tokens, atol=1e-4, rtol=0)
+    torch.testing.assert_close(lp.logp_stop, out.logp_stop, atol=1e-5, rtol=0)
+    torch.testing.assert_close(lp.value, out.value, atol=1e-5, rtol=0)
+
+
+@dataclass
+class _Out:
+    """The least an acting policy must return: actions, value, latent length, and ``cat``."""
+
+    actions: torch.Tensor
+    value: torch.Tensor
+    latent_len: torch.Tensor
+
+    @classmethod
+    def cat(cls, items):
+        return cls(*(torch.cat([getattr(i, f.name) for i in items]) for f in fields(cls)))
+
+
+class _Scripted:
+    """Heads straight for the named target on task 0 (reach-red); stands still on task 1."""
+
+    def __init__(self):
+        self.batch_sizes: list[int] = []
+
+    def act(self, obs, mode="sample", generator=None):
+        b = len(obs)
+        self.batch_sizes.append(b)
+        actions = np.zeros((b, CHUNK, 7), dtype=np.float32)
+        for j in range(b):
+            if obs.task[j] == 0:
+                d = obs.privileged[j, 2:4] - obs.privileged[j, 0:2]
+                actions[j, :, :2] = d / max(np.linalg.norm(d), 1e-6)  # 0.1 per step along the line
+        return _Out(torch.from_numpy(actions), torch.arange(b, dtype=torch.float32), torch.full((b,), 2))
+
+
+def test_episodes_end_at_success_or_max_steps():
+    max_steps = 30
+    specs = [EpisodeSpec(0, "train", i) for i in range(2)] + [EpisodeSpec(1, "train", i) for i in range(2)]
+    pol = _Scripted()
+    with _env(num_envs=4, max_steps=max_steps) as env:
+        roll = collect(env, pol, specs, success_reward=3.0)
+        res = env.step(np.zeros((4, 7)))  # finished slots are not stepped again
+        assert not res.info["active"].any()
+    assert roll.success.tolist() == [True, True, False, False]
+    for i in range(4):
+        m = int(roll.mask[i].sum())
+        steps = int(roll.env_steps[i])
+        rewards = roll.rewards[i, :m].tolist()
+        if roll.success[i]:  # stopped at the success step, rewarded once at the last decision
+            assert steps < max_steps and rewards == [0.0] * (m - 1) + [3.0]
+        else:  # ran out the clock, no reward
+            assert steps == max_steps and rewards == [0.0] * m
+        assert m == math.ceil(steps / CHUNK)
+    # finished slots leave the policy batch: one row per live episode per decision
+    live = [int((roll.mask[:, t]).sum()) for t in range(roll.mask.shape[1])]
+    assert pol.batch_sizes == live and live[0] == 4 and live[-1] == 2
+    assert roll.num_decisions == sum(live)
+
+
+def test_group_rollouts_share_a_train_start(policy):
+    cfg = rl.RLConfig(
+        env=EnvConfig(backend="toy", image_size=32, num_envs=4, max_steps=8),
+        algo=AlgoConfig(name="grpo_action"),
+        rollouts_per_iter=8,
+        group_size=4,
+    )
+    with make_env(cfg.env) as env:
+        specs, groups = rl._train_episodes(cfg, env, iteration=1)
+        assert groups == [0, 0, 0, 0, 1, 1, 1, 1]
+        assert all(s.init_set == "train" for s in specs)
+        assert len(set(specs[:4])) == 1 and len(set(specs[4:])) == 1 and specs[0] != specs[4]
+        assert [s.task for s in specs] == [0] * 4 + [1] * 4  # tasks round-robin over groups
+        again, _ = rl._train_episodes(cfg, env, iteration=1)
+        other, _ = rl._train_episodes(cfg, env, iteration=2)
+        assert again == specs and other != specs  # reproducible per iteration, new starts each iteration
+        gen = torch.Generator().manual_seed(0)
+        roll = collect(env, policy, specs[:4], generator=gen, group=groups[:4])
+        roll2 = collect(env, policy, specs[4:], generator=gen, group=groups[4:])
+    merged = merge_rollouts([roll, roll2])
+    assert merged.group.tolist() == groups
+    images = merged.out.inputs.images[merged.index[:, 0]]
+    for i in range(1, 4):  # same group: the same first observation
+        assert torch.equal(images[i], images[0]) and torch.equal(images[4 + i], images[4])
+    assert not torch.equal(images[0], images[4])
+    # the group members still act independently (sampled), so their action tokens differ
+    tokens = merged.out.action_tokens[merged.index[:4, 0]]
+    assert len({tuple(t.tolist()) for t in tokens}) > 1
+    # merging keeps each decision's row aligned with its episode
+    assert torch.equal(merged.flat(merged.values), merged.out.value)
+    assert torch.equal(merged.flat(merged.latent_len), merged.out.latent_len)
+    assert merged.num_decisions == roll.num_decisions + roll2.num_decisions
+
+
+def test_default_groups_follow_distinct_starts(policy):
+    specs = [EpisodeSpec(0, "train", 5), EpisodeSpec(1, "train", 5), EpisodeSpec(0, "train", 5)]
+    with _env(num_envs=3, max_steps=8) as env:
+        roll = collect(env, policy, specs, generator=torch.Generator().manual_seed(0))
+    assert roll.group.tolist() == [0, 1, 0]
+
+
+def test_rl_rollouts_use_only_train_starts(toy_sft_checkpoint, tmp_path, monkeypatch):
+    seen: dict[str, list[str]] = {"rl": [], "eval": []}
+
+    def spy(where, real):
+        def wrapped(env, policy, episodes, **kw):
+            seen[where] += [f"{kw.get('mode', 'sample')}:{e.init_set}" for e in episodes]
+            return real(env, policy, episodes, **kw)
+
+        return wrapped
+
+    monkeypatch.setattr(rl, "collect", spy("rl", rl.collect))
+    monkeypatch.setattr(evaluate_mod, "collect", spy("eval", evaluate_mod.collect))
+    cfg = rl.RLConfig(
+        env=EnvConfig(backend="toy", image_size=32, num_envs=2, max_steps=8),
+        checkpoint=str(toy_sft_checkpoint),
+        out=str(tmp_path / "rl"),
+        iterations=2,
+        rollouts_per_iter=4,
+        minibatches=2,
+        eval_episodes_per_task=1,
+        progress=False,
+    )
+    rl.train_rl(cfg)
+    assert seen["rl"] == ["sample:train"] * 8  # 2 iterations x 4 rollouts
+    assert set(seen["eval"]) == {"greedy:eval"} and len(seen["eval"]) == 2 * 2  # before + at the end

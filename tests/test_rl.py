@@ -1,0 +1,217 @@
+"""The RL loop end to end on the toy env: every algorithm trains, resumes exactly after a kill, stops on NaN."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lastr1.train.rl as rl
+from lastr1.algos import ALGORITHMS, AlgoConfig
+from lastr1.envs import EnvConfig
+from lastr1.models.policy import LastR1Policy
+from lastr1.train.checkpoint import CheckpointManager
+from lastr1.train.metrics import read_metrics
+from lastr1.train.rl import RLConfig, train_rl
+
+
+def _cfg(ckpt, out, **kw) -> RLConfig:
+    algo = kw.pop("algo", "lapo")
+    base = dict(
+        env=EnvConfig(backend="toy", image_size=32, num_envs=2),
+        algo=AlgoConfig(name=algo),
+        checkpoint=str(ckpt),
+        out=str(out),
+        iterations=3,
+        rollouts_per_iter=4,
+        group_size=1,
+        minibatches=2,
+        lr=1e-3,
+        value_lr=1e-3,
+        eval_every=2,
+        eval_episodes_per_task=2,
+        progress=False,
+    )
+    base.update(kw)
+    return RLConfig(**base)
+
+
+def _weights(policy_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(policy_dir / "model.safetensors"))
+
+
+def _changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
+    return [k for k in a if k.startswith(prefix) and not torch.equal(a[k], b[k])]
+
+
+def _train_rows(out) -> list[dict]:
+    return [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+
+
+@pytest.mark.parametrize("algo", ["lapo", "ppo_action", "grpo_action"])
+def test_rl_end_to_end(toy_sft_checkpoint, tmp_path, algo):
+    out = tmp_path / algo
+    # GRPO learns only from groups with mixed outcomes: 4 groups of 2 per iteration give it signal
+    group = dict(group_size=2, rollouts_per_iter=8) if algo == "grpo_action" else {}
+    state = train_rl(_cfg(toy_sft_checkpoint, out, algo=algo, **group))
+    assert state["iteration"] == 3 and state["env_steps"] > 0 and "stopped" not in state
+
+    rows = read_metrics(out / "metrics.jsonl")
+    train = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3]  # one training row per iteration
+    for r in train:
+        for key in (
+            "loss",
+            "policy_loss",
+            "grad_norm",
+            "approx_kl",
+            "entropy",
+            "train_success",
+            "train_return",
+        ):
+            assert isinstance(r[key], float) and math.isfinite(r[key]), (key, r)
+        assert 0.0 <= r["train_success"] <= 1.0
+        assert r["decisions"] >= 4 and 2 <= r["latent_len_mean"] <= 4  # lengths are in {2, 4}
+        assert ("value_loss" in r) == (algo != "grpo_action")
+        assert ("latent_ratio" in r) == (algo == "lapo")
+    steps = [r["env_steps"] for r in train]
+    assert steps == sorted(steps) and steps[0] > 0 and state["env_steps"] == steps[-1]
+    # eval before training, every eval_every iterations, and at the end
+    evals = [r for r in rows if "eval_success" in r]
+    assert [r["step"] for r in evals] == [0, 2, 3]
+    for r in evals:
+        assert 0.0 <= r["eval_success"] <= 1.0 and r["eval_episodes"] == 4
+    for it in (0, 2, 3):
+        res = json.loads((out / "evals" / f"eval_{it:05d}.json").read_text())
+        assert res["episodes"] == 4 and set(res["per_task"]) == {"reach-red", "reach-blue"}
+        assert res["init_set"] == "eval"
+    assert state["last_eval"]["iteration"] == 3
+
+    # checkpoints: the two newest are kept, `latest` names the last one, and it loads
+    mgr = CheckpointManager(out / "checkpoints")
+    latest = mgr.latest()
+    assert latest is not None and latest.name == "step-00000003"
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000002", "step-00000003"]
+    assert json.loads((latest / "trainer_state.json").read_text())["iteration"] == 3
+    assert (latest / "optimizer.pt").is_file()
+    LastR1Policy.from_pretrained(latest / "policy")
+    LastR1Policy.from_pretrained(out / "final")
+
+    # the parameters really moved, and only those the algorithm trains
+    sft, final = _weights(toy_sft_checkpoint), _weights(out / "final")
+    assert _changed(final, _weights(latest / "policy")) == []  # final == the last checkpoint
+    assert _changed(sft, final, "backbone.") and _changed(sft, final, "action_head.")
+    assert bool(_changed(sft, final, "value_head.")) == (algo != "grpo_action")  # GRPO has no critic
+    assert bool(_changed(sft, final, "stop_head.")) == (algo == "lapo")  # only LAPO trains the stop
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_rl_resume_after_kill_matches_uninterrupted(toy_sft_checkpoint, tmp_path, monkeypatch):
+    n, k = 4, 2
+    train_rl(_cfg(toy_sft_checkpoint, tmp_path / "full", iterations=n))
+
+    real_save = rl._save
+
+    def save_then_die(mgr, policy, opt, state):
+        path = real_save(mgr, policy, opt, state)
+        if state["iteration"] == k:
+            (mgr.root / f"step-{k + 1:08d}.tmp").mkdir()  # a torn write of the next checkpoint
+            raise _Killed
+        return path
+
+    monkeypatch.setattr(rl, "_save", save_then_die)
+    with pytest.raises(_Killed):
+        train_rl(_cfg(toy_sft_checkpoint, tmp_path / "killed", iterations=n))
+    assert CheckpointManager(tmp_path / "killed" / "checkpoints").latest().name == f"step-{k:08d}"
+    assert not (tmp_path / "killed" / "final").exists()
+    monkeypatch.setattr(rl, "_save", real_save)
+    state = train_rl(_cfg(toy_sft_checkpoint, tmp_path / "killed", iterations=n))
+
+    full_dir = tmp_path / "full" / "checkpoints" / f"step-{n:08d}"
+    res_dir = tmp_path / "killed" / "checkpoints" / f"step-{n:08d}"
+    assert state["iteration"] == n
+    assert json.loads((res_dir / "trainer_state.json").read_text()) == json.loads(
+        (full_dir / "trainer_state.json").read_text()
+    )
+    assert not list((tmp_path / "killed" / "checkpoints").glob("*.tmp"))
+
+    # metrics: same steps, no duplicates, bit-identical losses
+    full_rows, res_rows = _train_rows(tmp_path / "full"), _train_rows(tmp_path / "killed")
+    assert [r["step"] for r in res_rows] == list(range(1, n + 1))
+    assert [r["loss"] for r in res_rows] == [r["loss"] for r in full_rows]
+
+    # model parameters and optimizer state are bit-identical (CPU, one thread, seeded per iteration)
+    a, b = _weights(full_dir / "policy"), _weights(res_dir / "policy")
+    assert a.keys() == b.keys() and _changed(a, b) == []
+    assert _changed(_weights(tmp_path / "full" / "final"), _weights(tmp_path / "killed" / "final")) == []
+    opt_a = torch.load(full_dir / "optimizer.pt", weights_only=True)
+    opt_b = torch.load(res_dir / "optimizer.pt", weights_only=True)
+    assert opt_a["param_groups"] == opt_b["param_groups"]
+    assert opt_a["state"].keys() == opt_b["state"].keys() and len(opt_a["state"]) > 0
+    for i, sa in opt_a["state"].items():
+        sb = opt_b["state"][i]
+        assert float(sa["step"]) == float(sb["step"])
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert max(float(s["step"]) for s in opt_b["state"].values()) == n * 2  # n iterations x 2 minibatches
+
+
+@pytest.mark.parametrize("bad_iteration", [1, 3])
+def test_rl_stops_on_nan_and_keeps_last_good_checkpoint(
+    toy_sft_checkpoint, tmp_path, monkeypatch, capsys, bad_iteration
+):
+    from lastr1.commands import rl as rl_command
+
+    real_factory = ALGORITHMS["lapo"]
+    calls = {"n": 0}
+    # NaN in the second of two minibatches: the first minibatch of that iteration was already applied
+    bad_call = 2 * bad_iteration
+
+    class NanAfter:
+        def __init__(self):
+            self.inner = real_factory()
+            self.name, self.default_advantage = self.inner.name, self.inner.default_advantage
+
+        def loss(self, new, old, cfg):
+            loss, metrics = self.inner.loss(new, old, cfg)
+            calls["n"] += 1
+            if calls["n"] == bad_call:
+                loss = loss * float("nan")
+            return loss, metrics
+
+    monkeypatch.setitem(ALGORITHMS, "lapo", NanAfter)
+    out = tmp_path / "nan"
+    cfg = _cfg(toy_sft_checkpoint, out, iterations=4, eval_every=0)
+    assert rl_command.run(cfg) == 1  # the command reports failure
+    assert calls["n"] == bad_call
+    good_steps = list(range(1, bad_iteration))
+    where = f"step-{bad_iteration - 1:08d}" if good_steps else "none yet"
+    printed = capsys.readouterr().out
+    assert "stopping: non-finite loss" in printed and f"last good checkpoint is kept ({where})" in printed
+
+    train = _train_rows(out)
+    assert [r["step"] for r in train] == good_steps  # nothing logged for the bad iteration
+    assert all(math.isfinite(r["loss"]) for r in train)
+    latest = CheckpointManager(out / "checkpoints").latest()
+    if not good_steps:
+        assert latest is None
+        # `final` is the starting policy, not the half-applied update of the failed iteration
+        assert _changed(_weights(toy_sft_checkpoint), _weights(out / "final")) == []
+        return
+    assert latest is not None and latest.name == where
+    assert json.loads((latest / "trainer_state.json").read_text())["iteration"] == bad_iteration - 1
+    good = LastR1Policy.from_pretrained(latest / "policy")
+    assert all(torch.isfinite(p).all() for p in good.parameters())
+    # `final` is the last good policy, not the half-applied update of the failed iteration
+    assert _changed(_weights(latest / "policy"), _weights(out / "final")) == []
+
+    # rerunning with the NaN gone resumes from the last good checkpoint and finishes
+    monkeypatch.setitem(ALGORITHMS, "lapo", real_factory)
+    state = train_rl(cfg)
+    assert state["iteration"] == 4 and "stopped" not in state
+    assert [r["step"] for r in _train_rows(out)] == [1, 2, 3, 4]
