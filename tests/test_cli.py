@@ -41,3 +41,18 @@ def test_unknown_command_exits_nonzero():
     with pytest.raises(SystemExit) as exc:
         main(["fly"])
     assert exc.value.code != 0
+
+
+def test_issue_spelling_of_make_demos_flags(capsys):
+    argv = ["make-demos", "--env", "metaworld", "--tasks=reach-v3,drawer-open-v3"]
+    argv += ["--episodes-per-task", "1", "--out", "runs/x", "--print-config"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "backend: metaworld" in out and "- reach-v3" in out and "- drawer-open-v3" in out
+    assert "episodes_per_task: 1" in out and "out: runs/x" in out
+
+
+def test_wrong_type_names_the_field(capsys):
+    assert main(["make-demos", "episodes_per_task=many"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "episodes_per_task" in err

@@ -60,9 +60,10 @@ def _split_flag_overrides(argv: list[str], aliases: dict[str, str]) -> list[str]
     while i < len(argv):
         arg = argv[i]
         if arg.startswith("--") and arg not in ("--config", "--print-config", "--help"):
-            key = arg[2:].replace("-", "_")
-            if "=" in key:
-                out.append(key)
+            key, eq, value = arg[2:].partition("=")
+            key = key.replace("-", "_")  # only the key: values such as reach-v3 keep their dashes
+            if eq:
+                out.append(f"{key}={value}")
             elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
                 out.append(f"{key}={argv[i + 1]}")
                 i += 1

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from lastr1.envs.suites import BACKENDS, list_suites, list_tasks
 
+ALIASES = {"env": "backend"}
+
 
 @dataclass
 class Config:

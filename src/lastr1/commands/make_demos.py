@@ -29,6 +29,14 @@ from lastr1.envs.suites import resolve_tasks
 VIDEOS_DIR = "videos"
 VIDEO_FPS = 20
 
+ALIASES = {
+    "env": "env.backend",
+    "suite": "env.suite",
+    "tasks": "env.tasks",
+    "image_size": "env.image_size",
+    "episodes": "episodes_per_task",
+}
+
 
 @dataclass
 class Config:

@@ -51,6 +51,7 @@ class RLConfig:
     latent_noise_std: float = -1.0  # < 0 keeps the checkpoint's value
     eval_every: int = 5  # iterations; 0 = only at the end
     eval_episodes_per_task: int = 10
+    eval_at_start: bool = True  # evaluate the starting checkpoint as iteration 0 (the "before" number)
     max_env_steps: int = 0  # stop once this many env steps were taken (0 = no budget)
     seed: int = 0
     resume: bool = True
@@ -219,7 +220,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
         raise ValueError(
             f"rollouts_per_iter={cfg.rollouts_per_iter} must be a multiple of env.num_envs={env.num_envs}"
         )
-    if state["iteration"] == 0 and state["last_eval"] is None:
+    if cfg.eval_at_start and state["iteration"] == 0 and state["last_eval"] is None:
         state["last_eval"] = _evaluate(cfg, policy, env, out_dir, 0, logger, state)
     bar = tqdm(
         total=cfg.iterations, initial=state["iteration"], desc=f"rl {cfg.algo.name}", disable=not cfg.progress

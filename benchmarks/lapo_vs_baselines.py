@@ -1,0 +1,171 @@
+"""LAPO vs action-only baselines from the same SFT checkpoint and the same env-step budget.
+
+Why: "LAPO beats action-only RL" is the paper's central claim; here it is a measured gap over
+seeds, with the episodes counted, never one lucky run. Every algorithm starts from the same SFT
+checkpoint, collects the same number of rollouts per iteration for the same number of iterations
+(so the same env-step budget, give or take early successes), and is evaluated greedily on the same
+``eval`` initial states. The "before" number is that checkpoint's evaluation, measured once.
+
+    MUJOCO_GL=egl PYTHONPATH=src python benchmarks/lapo_vs_baselines.py \\
+        --checkpoint runs/demo-default/sft/final --tasks reach-v3,drawer-open-v3 --seeds 0,1,2
+
+Prints a table (success before/after with a 95 % interval over seeds, latent length before/after,
+env steps, wall time) and writes every number to ``<out>/results.json``; the runs themselves stay
+in ``<out>/<algo>/seed<k>`` (metrics.jsonl, evals, checkpoints) for the learning-curve plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from lastr1.algos import AlgoConfig
+from lastr1.envs import EnvConfig, make_env
+from lastr1.eval.evaluate import evaluate, save_eval
+from lastr1.eval.report import plot_learning_curve
+from lastr1.eval.stats import t_interval
+from lastr1.models.policy import LastR1Policy
+from lastr1.train.metrics import read_metrics
+from lastr1.train.rl import RLConfig, train_rl
+
+ALGOS = ("lapo", "ppo_action", "grpo_action")
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="SFT checkpoint every algorithm starts from")
+    p.add_argument("--tasks", default="reach-v3,button-press-topdown-v3,drawer-open-v3,drawer-close-v3")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--algos", default=",".join(ALGOS))
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--rollouts-per-iter", type=int, default=16)
+    p.add_argument("--group-size", type=int, default=2, help="rollouts per initial state for grpo_action")
+    p.add_argument("--num-envs", type=int, default=4)
+    p.add_argument("--max-steps", type=int, default=200)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--vector", default="async", choices=["sync", "async"])
+    p.add_argument("--eval-episodes", type=int, default=10, help="per task, on the eval initial states")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--action-temperature", type=float, default=1.0)
+    p.add_argument("--out", default="runs/lapo_vs_baselines")
+    return p.parse_args()
+
+
+def _summary(res: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "success": res["success_rate"],
+        "latent_len": res["mean_latent_len"],
+        "episodes": res["episodes"],
+        "per_task": {k: v["success_rate"] for k, v in res["per_task"].items()},
+        "latent_len_per_task": {k: v["mean_latent_len"] for k, v in res["per_task"].items()},
+    }
+
+
+def main() -> None:
+    a = _args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env_cfg = EnvConfig(
+        backend="metaworld",
+        tasks=a.tasks.split(","),
+        num_envs=a.num_envs,
+        image_size=a.image_size,
+        max_steps=a.max_steps,
+        vector=a.vector,
+    )
+    before_path = out / "eval_before.json"
+    if before_path.is_file():
+        before = json.loads(before_path.read_text())
+    else:
+        with make_env(env_cfg) as env:
+            before = evaluate(
+                LastR1Policy.from_pretrained(a.checkpoint).eval(), env, a.eval_episodes, progress=False
+            )
+        save_eval(before, before_path)
+    print(f"SFT checkpoint: {before['success_rate']:.1%} over {before['episodes']} eval episodes")
+
+    results: dict[str, list[dict[str, Any]]] = {}
+    for algo in a.algos.split(","):
+        for seed in (int(s) for s in a.seeds.split(",")):
+            run = out / algo / f"seed{seed}"
+            cfg = RLConfig(
+                env=env_cfg,
+                algo=AlgoConfig(name=algo),
+                checkpoint=a.checkpoint,
+                out=str(run),
+                iterations=a.iterations,
+                rollouts_per_iter=a.rollouts_per_iter,
+                group_size=a.group_size if algo == "grpo_action" else 1,
+                lr=a.lr,
+                action_temperature=a.action_temperature,
+                eval_every=0,
+                eval_episodes_per_task=a.eval_episodes,
+                eval_at_start=False,
+                seed=seed,
+                progress=False,
+            )
+            t0 = time.perf_counter()
+            state = train_rl(cfg)  # resumes a finished or killed run instead of redoing it
+            wall = time.perf_counter() - t0
+            final_eval = sorted((run / "evals").glob("eval_*.json"))[-1]
+            after = json.loads(final_eval.read_text())
+            rows = [r for r in read_metrics(run / "metrics.jsonl") if "train_success" in r]
+            record = {
+                "seed": seed,
+                "env_steps": state["env_steps"],
+                "wall_s": wall,
+                "train_latent_len_first": rows[0].get("latent_len_mean") if rows else None,
+                "train_latent_len_last": rows[-1].get("latent_len_mean") if rows else None,
+                **_summary(after),
+            }
+            results.setdefault(algo, []).append(record)
+            print(
+                f"{algo:12s} seed {seed}: {before['success_rate']:.1%} -> {after['success_rate']:.1%} "
+                f"({after['episodes']} episodes, {state['env_steps']} env steps, {wall:.0f} s)",
+                flush=True,
+            )
+
+    (out / "results.json").write_text(json.dumps({"before": _summary(before), "runs": results}, indent=2))
+    plot_learning_curve(
+        {f"{algo}/seed0": out / algo / "seed0" for algo in results}, out / "learning_curve.png"
+    )
+    _print_table(before, results)
+
+
+def _print_table(before: dict[str, Any], results: dict[str, list[dict[str, Any]]]) -> None:
+    n_eval = before["episodes"]
+    print(
+        f"\nfrom one SFT checkpoint; greedy eval on {n_eval} eval episodes per run; mean [95% Student-t CI] over seeds"
+    )
+    head = f"{'algo':12s} {'seeds':>5s} {'before':>7s} {'after':>22s} {'Δ':>7s} {'latent len':>13s} "
+    head += f"{'env steps':>10s} {'wall s':>7s}"
+    print(head)
+    for algo, runs in results.items():
+        mean, half = t_interval([r["success"] for r in runs])
+        lat = sum(r["latent_len"] for r in runs) / len(runs)
+        steps = sum(r["env_steps"] for r in runs) / len(runs)
+        wall = sum(r["wall_s"] for r in runs) / len(runs)
+        print(
+            f"{algo:12s} {len(runs):5d} {before['success_rate']:7.1%} "
+            f"{mean:8.1%} [{mean - half:5.1%}, {mean + half:5.1%}] {mean - before['success_rate']:+7.1%} "
+            f"{before['mean_latent_len']:5.2f} → {lat:4.2f} {steps:10.0f} {wall:7.0f}"
+        )
+    tasks = list(before["per_task"])
+    print("\nper task (mean over seeds)")
+    print(f"{'algo':12s} " + " ".join(f"{t[:18]:>18s}" for t in tasks))
+    print(f"{'SFT':12s} " + " ".join(f"{before['per_task'][t]['success_rate']:18.1%}" for t in tasks))
+    for algo, runs in results.items():
+        cells = [sum(r["per_task"][t] for r in runs) / len(runs) for t in tasks]
+        print(f"{algo:12s} " + " ".join(f"{c:18.1%}" for c in cells))
+
+
+if __name__ == "__main__":
+    main()
