@@ -54,6 +54,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--vector", default="async", choices=["sync", "async"])
     p.add_argument("--eval-episodes", type=int, default=10, help="per task, on the eval initial states")
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=1, help="passes over each iteration's rollouts")
+    p.add_argument("--minibatches", type=int, default=4)
     p.add_argument("--action-temperature", type=float, default=1.0)
     p.add_argument("--out", default="runs/lapo_vs_baselines")
     return p.parse_args()
@@ -105,6 +107,8 @@ def main() -> None:
                 rollouts_per_iter=a.rollouts_per_iter,
                 group_size=a.group_size if algo == "grpo_action" else 1,
                 lr=a.lr,
+                epochs=a.epochs,
+                minibatches=a.minibatches,
                 action_temperature=a.action_temperature,
                 eval_every=0,
                 eval_episodes_per_task=a.eval_episodes,

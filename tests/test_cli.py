@@ -56,3 +56,10 @@ def test_wrong_type_names_the_field(capsys):
     assert main(["make-demos", "episodes_per_task=many"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "episodes_per_task" in err
+
+
+def test_config_equals_spelling_reads_the_file(tmp_path, capsys):
+    path = tmp_path / "envs.yaml"
+    path.write_text("backend: toy\n")
+    assert main(["envs", f"--config={path}", "--print-config"]) == 0
+    assert "backend: toy" in capsys.readouterr().out

@@ -59,7 +59,9 @@ def _split_flag_overrides(argv: list[str], aliases: dict[str, str]) -> list[str]
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg.startswith("--") and arg not in ("--config", "--print-config", "--help"):
+        if arg.startswith("--config="):
+            out += ["--config", arg.split("=", 1)[1]]
+        elif arg.startswith("--") and arg not in ("--config", "--print-config", "--help"):
             key, eq, value = arg[2:].partition("=")
             key = key.replace("-", "_")  # only the key: values such as reach-v3 keep their dashes
             if eq:
@@ -104,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         # Input problems surface as one clear line; real bugs keep their traceback.
         print(f"lastr1 {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:  # training diverged; checkpoints up to the last good step are kept
+        print(f"lastr1 {args.command}: stopped: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from typing import Any
 from lastr1.envs.base import TaskSpec, VectorEnv
 from lastr1.envs.config import EnvConfig
 
-# backend name -> module implementing ``SUITES``, ``suite_tasks(suite)`` and ``make_vector_env(cfg, tasks)``
+# backend name -> module implementing ``SUITES``, ``suite_tasks(suite)``, ``default_tasks(suite)``,
+# ``make_single_env(task, cfg)`` and ``make_vector_env(cfg, tasks)``
 BACKENDS: dict[str, str] = {
     "metaworld": "lastr1.envs.metaworld",
     "libero": "lastr1.envs.libero",

@@ -1,7 +1,7 @@
 """Run reports: learning-curve and latent-length plots plus a markdown summary.
 
 Everything is read back from ``metrics.jsonl`` and the ``eval*.json`` files a run wrote, so a
-report can be regenerated for any run directory (``lastr1 report --run runs/demo``).
+report can be regenerated for any run directory with :func:`write_run_report`.
 """
 
 from __future__ import annotations

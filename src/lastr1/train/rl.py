@@ -59,6 +59,8 @@ class RLConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.group_size < 1:
+            raise ValueError(f"group_size={self.group_size}: must be >= 1 (rollouts per initial state)")
         if self.rollouts_per_iter < 1 or self.rollouts_per_iter % self.group_size:
             raise ValueError(
                 f"rollouts_per_iter={self.rollouts_per_iter} must be a positive multiple of "

@@ -1,0 +1,105 @@
+"""Rollout collector throughput as a ratio to the raw vectorised environment, in the same run.
+
+Why: the collector adds a batched ``policy.act`` per action chunk, the bookkeeping of every
+decision, and idle slots while the last episodes of a round finish. This measures how much of the
+simulator's throughput survives that (target: >= 0.8).
+
+    MUJOCO_GL=egl PYTHONPATH=src python benchmarks/rollout_throughput.py
+    ... --checkpoint runs/demo-default/sft/final --vector async --rounds 3
+
+``raw``: the same vector env stepped with uniform random actions for full episodes (max_steps each,
+random actions never succeed, so no slot idles). ``collect``: ``lastr1.rollout.collect`` with the
+policy sampling (an untrained default-size policy unless ``--checkpoint`` is given). Both count
+env steps of active slots only, and run the same episodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+import torch
+
+from lastr1.envs import EnvConfig, EpisodeSpec, make_env
+from lastr1.models.policy import LastR1Policy, PolicyConfig
+from lastr1.rollout.collector import collect
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", default="metaworld")
+    p.add_argument("--tasks", default="reach-v3,drawer-open-v3")
+    p.add_argument("--num-envs", type=int, default=4)
+    p.add_argument("--vector", default="async", choices=["sync", "async"])
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--max-steps", type=int, default=120)
+    p.add_argument("--rounds", type=int, default=2, help="rounds of num_envs episodes per measurement")
+    p.add_argument("--checkpoint", default="", help="policy to roll out (default: untrained)")
+    return p.parse_args()
+
+
+def _specs(env, rnd: int) -> list[EpisodeSpec]:
+    n = env.num_envs
+    return [EpisodeSpec((rnd * n + i) % len(env.tasks), "train", rnd * n + i) for i in range(n)]
+
+
+def _raw(env, rounds: int, rng: np.random.Generator) -> tuple[int, float]:
+    steps, seconds = 0, 0.0
+    for rnd in range(rounds):
+        t0 = time.perf_counter()
+        env.reset(_specs(env, rnd))
+        while True:
+            res = env.step(rng.uniform(-1, 1, size=(env.num_envs, 7)))
+            steps += int(res.info["active"].sum())
+            if (res.terminated | res.truncated).all():
+                break
+        seconds += time.perf_counter() - t0
+    return steps, seconds
+
+
+def _collect(env, policy, rounds: int) -> tuple[int, float, float]:
+    steps, seconds, policy_s = 0, 0.0, 0.0
+    gen = torch.Generator().manual_seed(0)
+    for rnd in range(rounds):
+        roll = collect(env, policy, _specs(env, rnd), mode="sample", generator=gen)
+        steps += int(roll.env_steps.sum())
+        seconds += roll.seconds["total"]
+        policy_s += roll.seconds["policy"]
+    return steps, seconds, policy_s
+
+
+def main() -> None:
+    a = _args()
+    torch.set_num_threads(1)
+    cfg = EnvConfig(
+        backend=a.backend,
+        tasks=a.tasks.split(","),
+        num_envs=a.num_envs,
+        vector=a.vector,
+        image_size=a.image_size,
+        max_steps=a.max_steps,
+    )
+    if a.checkpoint:
+        policy = LastR1Policy.from_pretrained(a.checkpoint)
+    else:
+        policy = LastR1Policy(PolicyConfig(image_size=a.image_size))
+    policy.eval()
+    with make_env(cfg) as env:
+        _raw(env, 1, np.random.default_rng(1))  # warm-up: worker start, first renders
+        raw_steps, raw_s = _raw(env, a.rounds, np.random.default_rng(0))
+        col_steps, col_s, pol_s = _collect(env, policy, a.rounds)
+    raw_rate, col_rate = raw_steps / raw_s, col_steps / col_s
+    print(f"\n{a.backend} {a.vector} x{a.num_envs}, {a.image_size}px, tasks {a.tasks}, {a.rounds} rounds")
+    print(f"{'mode':8s} {'env steps':>9s} {'steps/s':>8s} {'ratio':>6s} {'policy share':>12s}")
+    print(f"{'raw':8s} {raw_steps:9d} {raw_rate:8.1f} {1.0:6.2f} {'-':>12s}")
+    print(f"{'collect':8s} {col_steps:9d} {col_rate:8.1f} {col_rate / raw_rate:6.2f} {pol_s / col_s:12.1%}")
+
+
+if __name__ == "__main__":
+    main()
