@@ -52,6 +52,7 @@ class RLConfig:
     eval_every: int = 5  # iterations; 0 = only at the end
     eval_episodes_per_task: int = 10
     eval_at_start: bool = True  # evaluate the starting checkpoint as iteration 0 (the "before" number)
+    eval_videos: bool = False  # write the first episode per task of every evaluation to evals/videos_<it>
     max_env_steps: int = 0  # stop once this many env steps were taken (0 = no budget)
     seed: int = 0
     resume: bool = True
@@ -305,7 +306,8 @@ def _evaluate(
     state: dict[str, Any],
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    res = evaluate(policy, env, cfg.eval_episodes_per_task, progress=cfg.progress, videos_dir=None)
+    videos = out_dir / "evals" / f"videos_{it:05d}" if cfg.eval_videos else None
+    res = evaluate(policy, env, cfg.eval_episodes_per_task, progress=cfg.progress, videos_dir=videos)
     save_eval(res, out_dir / "evals" / f"eval_{it:05d}.json")
     row = {
         "env_steps": state["env_steps"],
