@@ -56,6 +56,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--epochs", type=int, default=1, help="passes over each iteration's rollouts")
     p.add_argument("--minibatches", type=int, default=4)
+    p.add_argument("--critic-warmup", type=int, default=0, help="iterations that train only the value head")
     p.add_argument("--action-temperature", type=float, default=1.0)
     p.add_argument("--out", default="runs/lapo_vs_baselines")
     return p.parse_args()
@@ -109,6 +110,7 @@ def main() -> None:
                 lr=a.lr,
                 epochs=a.epochs,
                 minibatches=a.minibatches,
+                critic_warmup=a.critic_warmup if algo != "grpo_action" else 0,
                 action_temperature=a.action_temperature,
                 eval_every=0,
                 eval_episodes_per_task=a.eval_episodes,

@@ -215,3 +215,12 @@ def test_rl_stops_on_nan_and_keeps_last_good_checkpoint(
     state = train_rl(cfg)
     assert state["iteration"] == 4 and "stopped" not in state
     assert [r["step"] for r in _train_rows(out)] == [1, 2, 3, 4]
+
+
+def test_critic_warmup_trains_only_the_value_head(toy_sft_checkpoint, tmp_path):
+    start = LastR1Policy.from_pretrained(toy_sft_checkpoint).state_dict()
+    train_rl(_cfg(toy_sft_checkpoint, tmp_path / "warm", iterations=1, critic_warmup=1, eval_every=0))
+    after = LastR1Policy.from_pretrained(tmp_path / "warm" / "final").state_dict()
+    changed = {k for k in start if not torch.equal(start[k], after[k])}
+    assert changed, "the value head did not train"
+    assert all(k.startswith("value_head.") for k in changed), sorted(changed)[:5]

@@ -44,6 +44,9 @@ class RLConfig:
     epochs: int = 1
     lr: float = 3e-5
     value_lr: float = 3e-4
+    # first N iterations train only the value head (the rollouts still count): a freshly initialised
+    # critic otherwise pushes large gradients through the shared backbone on the first updates
+    critic_warmup: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 10.0
     action_temperature: float = 1.6
@@ -148,6 +151,11 @@ def _update(
                 raise FloatingPointError(f"non-finite loss ({loss.item()}) in the {cfg.algo.name} update")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if it <= cfg.critic_warmup:
+                value_ids = {id(p) for p in policy.value_head.parameters()}
+                for p in policy.parameters():
+                    if id(p) not in value_ids:
+                        p.grad = None  # AdamW skips parameters without a gradient
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             if not torch.isfinite(grad_norm):
                 raise FloatingPointError("non-finite gradient norm in the update")
