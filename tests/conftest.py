@@ -41,23 +41,32 @@ def toy_demos(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="session")
-def toy_sft_checkpoint(toy_demos, tmp_path_factory):
-    """A tiny SFT-warmed policy on the toy demos (the starting checkpoint for RL, eval and rollout tests)."""
+def tiny_sft_config(data, out, **kw):
+    """30 fast SFT steps of a TINY_POLICY on toy demos; keyword arguments override fields."""
     from lastr1.models.policy import PolicyConfig
     from lastr1.models.teachers.base import TeacherConfig
-    from lastr1.train.sft import SFTConfig, train_sft
+    from lastr1.train.sft import SFTConfig
 
-    cfg = SFTConfig(
-        data=str(toy_demos),
-        out=str(tmp_path_factory.mktemp("toy_sft") / "sft"),
+    base = dict(
+        data=str(data),
+        out=str(out),
         policy=PolicyConfig(**TINY_POLICY),
         teacher=TeacherConfig(name="proprio", k_max=4),
         steps=30,
         batch_size=16,
         lr=3e-3,
         warmup_steps=5,
-        checkpoint_every=30,
+        checkpoint_every=10,
         progress=False,
     )
-    return train_sft(cfg)
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def toy_sft_checkpoint(toy_demos, tmp_path_factory):
+    """A tiny SFT-warmed policy on the toy demos (the starting checkpoint for RL, eval and rollout tests)."""
+    from lastr1.train.sft import train_sft
+
+    out = tmp_path_factory.mktemp("toy_sft") / "sft"
+    return train_sft(tiny_sft_config(toy_demos, out, checkpoint_every=30))

@@ -7,28 +7,12 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_POLICY
+from conftest import TINY_POLICY, tiny_sft_config
 from lastr1.models.policy import LastR1Policy, PolicyConfig
-from lastr1.models.teachers.base import TeacherConfig
 from lastr1.train.metrics import read_metrics
-from lastr1.train.sft import SFTConfig, _action_chunks, train_sft
+from lastr1.train.sft import _action_chunks, train_sft
 
-
-def _cfg(data, out, **kw):
-    base = dict(
-        data=str(data),
-        out=str(out),
-        policy=PolicyConfig(**TINY_POLICY),
-        teacher=TeacherConfig(name="proprio", k_max=4),
-        steps=30,
-        batch_size=16,
-        lr=3e-3,
-        warmup_steps=5,
-        checkpoint_every=10,
-        progress=False,
-    )
-    base.update(kw)
-    return SFTConfig(**base)
+_cfg = tiny_sft_config
 
 
 def test_action_chunks_pad_with_last_action():

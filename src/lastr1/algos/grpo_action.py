@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from lastr1.algos.base import AlgoConfig, NewTerms, OldTerms
-from lastr1.algos.losses import action_token_loss
+from lastr1.algos.losses import action_token_loss, combine
 
 
 class GrpoAction:
@@ -20,8 +20,4 @@ class GrpoAction:
 
     def loss(self, new: NewTerms, old: OldTerms, cfg: AlgoConfig) -> tuple[torch.Tensor, dict[str, float]]:
         l_action, metrics = action_token_loss(new, old, cfg)
-        policy = cfg.w_action * l_action.mean()
-        entropy = new.entropy.mean()
-        total = policy - cfg.entropy_coef * entropy
-        metrics.update(policy_loss=policy.item(), entropy=entropy.item(), loss=total.item())
-        return total, metrics
+        return combine(cfg.w_action * l_action.mean(), new, old, cfg, metrics, with_value=False)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from lastr1.algos.base import AlgoConfig, NewTerms, OldTerms
-from lastr1.algos.losses import action_token_loss, clipped_surrogate, value_loss
+from lastr1.algos.losses import action_token_loss, clipped_surrogate, combine
 
 
 def latent_log_ratio(
@@ -59,10 +59,4 @@ class Lapo:
             l_act_end = l_action
             l_latent = torch.zeros_like(l_action)
         policy = cfg.w_action * l_act_end.mean() + cfg.w_latent * l_latent.mean()
-        v_loss = value_loss(new, old, cfg)
-        entropy = new.entropy.mean()
-        total = policy + cfg.value_coef * v_loss - cfg.entropy_coef * entropy
-        metrics.update(
-            policy_loss=policy.item(), value_loss=v_loss.item(), entropy=entropy.item(), loss=total.item()
-        )
-        return total, metrics
+        return combine(policy, new, old, cfg, metrics, with_value=True)

@@ -35,6 +35,26 @@ def action_token_loss(new: NewTerms, old: OldTerms, cfg: AlgoConfig) -> tuple[to
     return per_token.mean(dim=1), metrics
 
 
+def combine(
+    policy: torch.Tensor,
+    new: NewTerms,
+    old: OldTerms,
+    cfg: AlgoConfig,
+    metrics: dict[str, float],
+    *,
+    with_value: bool,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``policy (+ c_v · value loss) − c_H · entropy`` and the metrics every algorithm logs."""
+    entropy = new.entropy.mean()
+    total = policy - cfg.entropy_coef * entropy
+    if with_value:
+        v_loss = value_loss(new, old, cfg)
+        total = total + cfg.value_coef * v_loss
+        metrics["value_loss"] = v_loss.item()
+    metrics.update(policy_loss=policy.item(), entropy=entropy.item(), loss=total.item())
+    return total, metrics
+
+
 def value_loss(new: NewTerms, old: OldTerms, cfg: AlgoConfig) -> torch.Tensor:
     """Clipped value loss ``0.5 · max((v − R)², (v_clip − R)²)``, averaged."""
     v_clip = old.values + torch.clamp(new.values - old.values, -cfg.value_clip, cfg.value_clip)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from lastr1.algos.base import AlgoConfig, NewTerms, OldTerms
-from lastr1.algos.losses import action_token_loss, value_loss
+from lastr1.algos.losses import action_token_loss, combine
 
 
 class PpoAction:
@@ -21,11 +21,4 @@ class PpoAction:
 
     def loss(self, new: NewTerms, old: OldTerms, cfg: AlgoConfig) -> tuple[torch.Tensor, dict[str, float]]:
         l_action, metrics = action_token_loss(new, old, cfg)
-        policy = cfg.w_action * l_action.mean()
-        v_loss = value_loss(new, old, cfg)
-        entropy = new.entropy.mean()
-        total = policy + cfg.value_coef * v_loss - cfg.entropy_coef * entropy
-        metrics.update(
-            policy_loss=policy.item(), value_loss=v_loss.item(), entropy=entropy.item(), loss=total.item()
-        )
-        return total, metrics
+        return combine(cfg.w_action * l_action.mean(), new, old, cfg, metrics, with_value=True)

@@ -148,7 +148,7 @@ def run(cfg: Config) -> int:
     for label, res in results.items():
         save_eval(res, run_dir / f"eval_{label}.json")
         print(f"[{label}]\n{format_table(res)}")
-    seconds["report"] = time.perf_counter() - t
+    seconds["before/after"] = time.perf_counter() - t
 
     _stage("5/5 report")
     report = write_run_report(run_dir, results["sft"], results["rl"], seconds, cfg.algo)

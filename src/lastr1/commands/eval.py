@@ -13,13 +13,12 @@ from pathlib import Path
 import torch
 
 from lastr1.envs import EnvConfig, make_env
+from lastr1.envs.config import ENV_ALIASES
 from lastr1.eval.evaluate import evaluate, format_table, save_eval
 from lastr1.models.policy import LastR1Policy
 
 ALIASES = {
-    "env": "env.backend",
-    "suite": "env.suite",
-    "tasks": "env.tasks",
+    **ENV_ALIASES,
     "episodes": "episodes_per_task",
     "trials_per_task": "episodes_per_task",
 }

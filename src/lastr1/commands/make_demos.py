@@ -22,7 +22,7 @@ import numpy as np
 from lastr1.data.episodes import EPISODES_DIR, META_FILE, STATS_FILE, Episode, write_episode, write_meta
 from lastr1.data.stats import statistics_from_arrays, write_statistics
 from lastr1.envs.base import INIT_SETS, SingleEnv, TaskSpec
-from lastr1.envs.config import EnvConfig
+from lastr1.envs.config import ENV_ALIASES, EnvConfig
 from lastr1.envs.experts import ScriptedExpert, expert_factory, has_experts, make_expert
 from lastr1.envs.suites import resolve_tasks
 
@@ -30,9 +30,7 @@ VIDEOS_DIR = "videos"
 VIDEO_FPS = 20
 
 ALIASES = {
-    "env": "env.backend",
-    "suite": "env.suite",
-    "tasks": "env.tasks",
+    **ENV_ALIASES,
     "image_size": "env.image_size",
     "episodes": "episodes_per_task",
 }

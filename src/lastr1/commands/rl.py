@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from lastr1.envs.config import ENV_ALIASES
 from lastr1.train.rl import RLConfig as Config
 from lastr1.train.rl import train_rl
 
-ALIASES = {"algo": "algo.name", "env": "env.backend", "suite": "env.suite", "tasks": "env.tasks"}
+ALIASES = {**ENV_ALIASES, "algo": "algo.name"}
 
 
 def run(cfg: Config) -> int:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+# CLI short flags of every command with an ``env: EnvConfig`` field (``--env libero --tasks a,b``)
+ENV_ALIASES = {"env": "env.backend", "suite": "env.suite", "tasks": "env.tasks"}
+
 
 @dataclass
 class EnvConfig:

@@ -152,10 +152,8 @@ def _update(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if it <= cfg.critic_warmup:
-                value_ids = {id(p) for p in policy.value_head.parameters()}
-                for p in policy.parameters():
-                    if id(p) not in value_ids:
-                        p.grad = None  # AdamW skips parameters without a gradient
+                for p in opt.param_groups[0]["params"]:  # group 0: everything but the value head
+                    p.grad = None  # AdamW skips parameters without a gradient
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             if not torch.isfinite(grad_norm):
                 raise FloatingPointError("non-finite gradient norm in the update")
