@@ -90,7 +90,7 @@ def main() -> None:
     else:
         with make_env(env_cfg) as env:
             before = evaluate(
-                LastR1Policy.from_pretrained(a.checkpoint).eval(), env, a.eval_episodes, progress=False
+                LastR1Policy.from_pretrained(a.checkpoint).eval(), env, a.eval_episodes, progress=True
             )
         save_eval(before, before_path)
     print(f"SFT checkpoint: {before['success_rate']:.1%} over {before['episodes']} eval episodes")
@@ -116,7 +116,7 @@ def main() -> None:
                 eval_episodes_per_task=a.eval_episodes,
                 eval_at_start=False,
                 seed=seed,
-                progress=False,
+                progress=True,  # a bar per run: each takes minutes,
             )
             t0 = time.perf_counter()
             state = train_rl(cfg)  # resumes a finished or killed run instead of redoing it
