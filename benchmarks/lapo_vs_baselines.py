@@ -116,7 +116,7 @@ def main() -> None:
                 eval_episodes_per_task=a.eval_episodes,
                 eval_at_start=False,
                 seed=seed,
-                progress=True,  # a bar per run: each takes minutes,
+                progress=True,  # a bar per run: each takes minutes
             )
             t0 = time.perf_counter()
             state = train_rl(cfg)  # resumes a finished or killed run instead of redoing it
