@@ -57,7 +57,13 @@ def _args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=1, help="passes over each iteration's rollouts")
     p.add_argument("--minibatches", type=int, default=4)
     p.add_argument("--critic-warmup", type=int, default=0, help="iterations that train only the value head")
+    p.add_argument(
+        "--lr-warmup", type=int, default=0, help="optimizer updates over which the policy lr ramps up"
+    )
     p.add_argument("--action-temperature", type=float, default=1.0)
+    p.add_argument(
+        "--whiten-per-task", action="store_true", help="centre advantages per task (AlgoConfig.whiten_per_task)"
+    )
     p.add_argument("--out", default="runs/lapo_vs_baselines")
     return p.parse_args()
 
@@ -101,7 +107,7 @@ def main() -> None:
             run = out / algo / f"seed{seed}"
             cfg = RLConfig(
                 env=env_cfg,
-                algo=AlgoConfig(name=algo),
+                algo=AlgoConfig(name=algo, whiten_per_task=a.whiten_per_task),
                 checkpoint=a.checkpoint,
                 out=str(run),
                 iterations=a.iterations,
@@ -112,6 +118,7 @@ def main() -> None:
                 minibatches=a.minibatches,
                 critic_warmup=a.critic_warmup if algo != "grpo_action" else 0,
                 action_temperature=a.action_temperature,
+                lr_warmup_updates=a.lr_warmup,
                 eval_every=0,
                 eval_episodes_per_task=a.eval_episodes,
                 eval_at_start=False,

@@ -59,6 +59,18 @@ def test_whiten_ignores_padding():
     assert w[0, :2].tolist() == pytest.approx([-1.0, 1.0], abs=1e-4) and w[0, 2].item() == 0.0
 
 
+def test_whiten_per_task_centres_each_task():
+    """A task that always fails (or always succeeds) gets ~zero advantages, not a batch-wide sign."""
+    x = torch.tensor([[-2.0, -2.0], [-2.0, -2.0], [1.0, 3.0], [3.0, 1.0]])
+    m = torch.tensor([[True, True], [True, False], [True, True], [True, True]])
+    task = torch.tensor([0, 0, 1, 1])
+    w = whiten(x, m, task)
+    assert w[:2][m[:2]].abs().max().item() < 1e-6 and w[1, 1].item() == 0.0
+    assert w[2:].flatten().tolist() == pytest.approx([-1.3229, 1.3229, 1.3229, -1.3229], abs=1e-3)  # std over all 7 valid
+    batch = whiten(x, m)  # batch-wide: the failing task's decisions are all pushed down
+    assert (batch[:2][m[:2]] < 0).all()
+
+
 def _terms(b=5, t=4, k=3, d=6, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     rnd = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731

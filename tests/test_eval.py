@@ -144,3 +144,36 @@ def test_eval_writes_videos(toy_sft_checkpoint, tmp_path):
         assert frames.shape[1:] == (256, 256, 3)
         if not r["success_list"][0]:
             assert frames.shape[0] == 10 + 1
+
+
+def test_expert_policy_eval_is_deterministic_and_records_the_protocol(tmp_path):
+    """`lastr1 eval --policy expert`: the scripted experts through the same evaluator, twice."""
+
+    def run(out):
+        cfg = eval_command.Config(
+            policy="expert",
+            env=EnvConfig(backend="toy", image_size=16, num_envs=3),
+            episodes_per_task=4,
+            out=str(out),
+            progress=False,
+        )
+        assert eval_command.run(cfg) == 0
+        return json.loads((out / "eval.json").read_text())
+
+    a, b = run(tmp_path / "a"), run(tmp_path / "b")
+    assert _strip(a) == _strip(b)
+    assert a["checkpoint"] is None and a["suite"] == "toy"
+    for task in a["per_task"].values():
+        assert task["success_list"] == [True] * 4 and task["mean_latent_len"] == 0.0
+        assert task["video"] is not None
+    proto = a["protocol"]
+    assert proto["policy"] == "expert" and proto["trials_per_task"] == 4 and proto["init_set"] == "eval"
+    assert proto["max_steps"] == {"reach-red": 25, "reach-blue": 25}
+    assert proto["versions"]["numpy"] == np.__version__
+
+
+def test_eval_policy_choice_errors(tmp_path):
+    with pytest.raises(ValueError, match="policy='random'"):
+        eval_command.run(eval_command.Config(policy="random", out=str(tmp_path)))
+    with pytest.raises(ValueError, match="--policy expert"):
+        eval_command.run(eval_command.Config(out=str(tmp_path)))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -106,6 +108,15 @@ def test_rl_end_to_end(toy_sft_checkpoint, tmp_path, algo):
     assert _changed(sft, final, "backbone.") and _changed(sft, final, "action_head.")
     assert bool(_changed(sft, final, "value_head.")) == (algo != "grpo_action")  # GRPO has no critic
     assert bool(_changed(sft, final, "stop_head.")) == (algo == "lapo")  # only LAPO trains the stop
+
+    if algo == "lapo":  # `lastr1 report --run` rebuilds the run's report from what it wrote
+        from lastr1.cli import main
+
+        assert main(["report", "--run", str(out)]) == 0
+        report = (out / "report.md").read_text()
+        assert (out / "learning_curve.png").is_file() and (out / "latent_length.png").is_file()
+        assert "## Cost per RL iteration" in report and "Over 3 iterations" in report
+        assert re.search(r"^\| update \(s\) \| \d+\.\d \|$", report, re.M)
 
 
 class _Killed(Exception):
@@ -224,3 +235,45 @@ def test_critic_warmup_trains_only_the_value_head(toy_sft_checkpoint, tmp_path):
     changed = {k for k in start if not torch.equal(start[k], after[k])}
     assert changed, "the value head did not train"
     assert all(k.startswith("value_head.") for k in changed), sorted(changed)[:5]
+
+
+def test_rollout_step_budget_and_lr_warmup(tmp_path):
+    """Training rollouts get the rollout budget (LIBERO: longer than evaluation); the lr ramps up."""
+    from lastr1.envs import make_env
+    from lastr1.envs.suites import resolve_tasks, rollout_max_steps
+
+    cfg = _cfg("unused", tmp_path, rollout_max_steps=7, rollouts_per_iter=4)
+    with make_env(cfg.env) as env:
+        specs, _ = rl._train_episodes(cfg, env, 1)
+        assert [s.max_steps for s in specs] == [7] * 4
+        cfg.rollout_max_steps = 0  # the backend's budget; the toy backend has none but the task's
+        assert {s.max_steps for s in rl._train_episodes(cfg, env, 1)[0]} == {env.tasks[0].max_steps}
+    if importlib.util.find_spec("libero") is not None:
+        libero = EnvConfig(backend="libero", suite="libero_10")
+        task = resolve_tasks(libero)[0]
+        assert (task.max_steps, rollout_max_steps(libero, task)) == (520, 576)
+        libero.max_steps = 30  # an explicit override wins for both
+        assert rollout_max_steps(libero, resolve_tasks(libero)[0]) == 30
+
+    param = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.AdamW([{"params": [param], "lr": 1.0}])
+    factors = []
+    for _ in range(5):
+        factors.append(rl._warmup_factor(opt, 4))
+        param.grad = torch.ones(3)
+        opt.step()
+    assert factors == [0.25, 0.5, 0.75, 1.0, 1.0] and rl._warmup_factor(opt, 0) == 1.0
+    with pytest.raises(ValueError, match="lr_warmup_updates=-1"):
+        _cfg("unused", tmp_path, lr_warmup_updates=-1)
+
+
+def test_report_command_names_what_is_missing(tmp_path):
+    from lastr1.commands import report
+
+    with pytest.raises(ValueError, match="--run"):
+        report.run(report.Config())
+    with pytest.raises(ValueError, match="no metrics.jsonl"):
+        report.run(report.Config(run=str(tmp_path)))
+    (tmp_path / "metrics.jsonl").write_text("")
+    with pytest.raises(ValueError, match="no evaluation yet"):
+        report.run(report.Config(run=str(tmp_path)))

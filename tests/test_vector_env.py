@@ -106,3 +106,14 @@ def test_async_worker_error_is_reported():
         pytest.raises(RuntimeError, match="init_index=999999 out of"),
     ):
         env.reset([EpisodeSpec(0, "eval", 999_999)])
+
+
+def test_episode_step_budget_overrides_the_task_budget():
+    """EpisodeSpec.max_steps (RL rollouts' longer budget) applies to its slot only."""
+    with make_env(EnvConfig(backend="toy", image_size=16, num_envs=2, max_steps=5)) as env:
+        env.reset([EpisodeSpec(0, max_steps=2), EpisodeSpec(0)])
+        truncated = [env.step(np.zeros((2, 7))).truncated.tolist() for _ in range(5)]
+    assert [t[0] for t in truncated] == [False, True, True, True, True]  # done slots stay done
+    assert [t[1] for t in truncated] == [False, False, False, False, True]
+    with pytest.raises(ValueError, match="max_steps=0"):
+        EpisodeSpec(0, max_steps=0)

@@ -28,9 +28,15 @@ COMMANDS: dict[str, Command] = {
     "make-demos": Command(
         "lastr1.commands.make_demos", "record successful one-shot demos from scripted experts"
     ),
+    "import-demos": Command(
+        "lastr1.commands.import_demos", "convert LIBERO's published demos (HDF5 or LeRobot) to a dataset"
+    ),
     "sft": Command("lastr1.commands.sft", "one-shot SFT warm-up: actions + grounded latents + stop"),
     "rl": Command("lastr1.commands.rl", "RL post-training: lapo | ppo_action | grpo_action"),
     "eval": Command("lastr1.commands.eval", "evaluate a checkpoint on the eval initial states"),
+    "report": Command(
+        "lastr1.commands.report", "rebuild report.md (curves, before/after, costs) for an RL run"
+    ),
 }
 
 

@@ -66,10 +66,25 @@ def grpo(rewards: torch.Tensor, mask: torch.Tensor, group: torch.Tensor, eps: fl
     return adv[:, None] * m
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Normalise to zero mean / unit std over the valid entries; padding stays zero."""
+def whiten(
+    x: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor | None = None, eps: float = 1e-8
+) -> torch.Tensor:
+    """Normalise to zero mean / unit std over the valid entries; padding stays zero.
+
+    With ``groups`` (``(N,)`` int, e.g. the task of each trajectory) the mean is removed per group and
+    the std is taken over the whole centred batch. Why: a young critic cannot yet tell a hopeless task
+    from a solved one, and one batch-wide mean then hands every decision of a task that always fails
+    a negative advantage (pushing its sampled actions down, flattening the policy) and every decision
+    of a task that always succeeds a positive one. Per-group centring makes such tasks contribute ~0.
+    """
     m = mask.to(x.dtype)
     count = m.sum().clamp_min(1.0)
-    mean = (x * m).sum() / count
-    var = (((x - mean) * m) ** 2).sum() / count
-    return (x - mean) * torch.rsqrt(var + eps) * m
+    if groups is None:
+        centred = x - (x * m).sum() / count
+    else:
+        centred = x.clone()
+        for g in torch.unique(groups):
+            rows = groups == g
+            centred[rows] = x[rows] - (x[rows] * m[rows]).sum() / m[rows].sum().clamp_min(1.0)
+    var = ((centred * m) ** 2).sum() / count
+    return centred * torch.rsqrt(var + eps) * m

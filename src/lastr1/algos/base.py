@@ -22,6 +22,8 @@ class AlgoConfig:
     gamma: float = 0.99
     lam: float = 0.95
     whiten_advantages: bool = True
+    # remove the advantage mean per task instead of per batch (see advantages.whiten); off = reference
+    whiten_per_task: bool = False
     clip_low: float = 0.2
     clip_high: float = 0.28
     latent_sigma: float = 10.0

@@ -1,20 +1,31 @@
 """``lastr1 eval --checkpoint DIR --env metaworld --tasks a,b --episodes 20``.
 
 Greedy actions and the deterministic stop rule on the ``eval`` initial states; writes ``eval.json``
-(per-task success, 95 % Wilson interval, mean latent length, the per-episode success list) and one
-mp4 per task.
+(per-task and per-suite success, 95 % Wilson intervals, mean latent length, the per-episode success
+lists, and the protocol: step budgets, settle steps, image size, simulator versions) and one mp4 per
+task. LIBERO at the paper's protocol::
+
+    lastr1 eval --checkpoint runs/x/final --env libero --suite libero_spatial --trials-per-task 50 \
+        --env.num_envs 8 --env.vector async
+
+LIBERO evaluates every task of the suite unless ``--tasks`` names some. ``--policy expert`` runs the
+backend's scripted experts instead of a checkpoint (checks an install without a trained policy).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from lastr1.envs import EnvConfig, make_env
 from lastr1.envs.config import ENV_ALIASES
+from lastr1.envs.suites import list_tasks, resolve_suite
 from lastr1.eval.evaluate import evaluate, format_table, save_eval
+from lastr1.eval.scripted import ScriptedPolicy
 from lastr1.models.policy import LastR1Policy
 
 ALIASES = {
@@ -22,38 +33,89 @@ ALIASES = {
     "episodes": "episodes_per_task",
     "trials_per_task": "episodes_per_task",
 }
+POLICIES = ("checkpoint", "expert")
+# the simulator stack whose versions decide whether LIBERO's fixed initial states load as published
+STACK = ("lastr1", "torch", "numpy", "mujoco", "robosuite", "libero", "metaworld")
 
 
 @dataclass
 class Config:
     checkpoint: str = ""
+    # "checkpoint": the policy at `checkpoint`; "expert": the backend's scripted experts
+    policy: str = "checkpoint"
     env: EnvConfig = field(default_factory=EnvConfig)
     episodes_per_task: int = 20
     init_set: str = "eval"
-    out: str = ""  # default: <checkpoint>/eval
+    out: str = ""  # default: <checkpoint>/eval (runs/eval-expert/<suite> for --policy expert)
     videos_per_task: int = 1
     seed: int = 0
     threads: int = 1  # torch threads; >1 is much slower when another process keeps a core busy
     progress: bool = True
 
 
+def stack_versions() -> dict[str, str]:
+    """Installed versions of the packages that decide simulator behaviour."""
+    out = {}
+    for name in STACK:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _protocol(cfg: Config, env: Any) -> dict[str, Any]:
+    proto: dict[str, Any] = {
+        "backend": cfg.env.backend,
+        "suite": resolve_suite(cfg.env),
+        "policy": cfg.policy,
+        "init_set": cfg.init_set,
+        "trials_per_task": cfg.episodes_per_task,
+        "max_steps": {t.name: t.max_steps for t in env.tasks},
+        "image_size": cfg.env.image_size,
+        "actions": "greedy, deterministic stop rule" if cfg.policy == "checkpoint" else "scripted expert",
+        "seed": cfg.seed,
+        "versions": stack_versions(),
+    }
+    if cfg.env.backend == "libero":
+        from lastr1.envs.libero import SETTLE_STEPS
+
+        proto["settle_steps"] = SETTLE_STEPS
+        proto["image_orientation"] = "rotated 180 degrees (upright), as the reference models expect"
+    return proto
+
+
 def run(cfg: Config) -> int:
-    if not cfg.checkpoint:
-        raise ValueError("checkpoint: pass the policy directory to evaluate (--checkpoint runs/x/final)")
+    if cfg.policy not in POLICIES:
+        raise ValueError(f"policy={cfg.policy!r} is unknown; use one of {list(POLICIES)}")
+    if cfg.policy == "checkpoint" and not cfg.checkpoint:
+        raise ValueError(
+            "checkpoint: pass the policy directory to evaluate (--checkpoint runs/x/final), "
+            "or --policy expert to run the scripted experts"
+        )
     if cfg.init_set not in ("train", "eval"):
         raise ValueError(f"init_set={cfg.init_set!r} must be 'eval' (the benchmark states) or 'train'")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    policy = LastR1Policy.from_pretrained(cfg.checkpoint).eval()
     env_cfg = cfg.env
-    if env_cfg.image_size != policy.config.image_size:
-        print(f"note: using env.image_size={policy.config.image_size} to match the checkpoint")
-        env_cfg.image_size = policy.config.image_size
-    env_cfg.wrist_view = policy.config.num_views > 1
-    out = Path(cfg.out or Path(cfg.checkpoint) / "eval")
+    if env_cfg.backend == "libero" and not env_cfg.tasks:  # the benchmark protocol: the whole suite
+        env_cfg.tasks = [t.name for t in list_tasks("libero", resolve_suite(env_cfg))]
+    policy: Any = None
+    if cfg.policy == "checkpoint":
+        policy = LastR1Policy.from_pretrained(cfg.checkpoint).eval()
+        if env_cfg.image_size != policy.config.image_size:
+            print(f"note: using env.image_size={policy.config.image_size} to match the checkpoint")
+            env_cfg.image_size = policy.config.image_size
+        env_cfg.wrist_view = policy.config.num_views > 1
+        out = Path(cfg.out or Path(cfg.checkpoint) / "eval")
+    else:
+        from lastr1.envs.experts import expert_factory
+
+        expert_factory(env_cfg.backend)  # a clear error before any simulator is built
+        out = Path(cfg.out or Path("runs/eval-expert") / resolve_suite(env_cfg))
     with make_env(env_cfg) as env:
         result = evaluate(
-            policy,
+            policy if policy is not None else ScriptedPolicy(env),
             env,
             cfg.episodes_per_task,
             init_set=cfg.init_set,
@@ -61,7 +123,9 @@ def run(cfg: Config) -> int:
             videos_per_task=cfg.videos_per_task,
             progress=cfg.progress,
         )
-    result["checkpoint"] = str(cfg.checkpoint)
+        result["protocol"] = _protocol(cfg, env)
+    result["suite"] = result["protocol"]["suite"]
+    result["checkpoint"] = str(cfg.checkpoint) if cfg.policy == "checkpoint" else None
     path = save_eval(result, out / "eval.json")
     print(format_table(result))
     print(f"wrote {path}")

@@ -48,6 +48,9 @@ class EpisodeSpec:
     task: int  # index into the vector env's ``tasks`` list
     init_set: InitSet = "train"
     init_index: int = 0
+    # this episode's step budget; None = the task's (evaluation) budget. RL rollouts on LIBERO use the
+    # reference's longer rollout budgets while evaluation keeps the published ones.
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.init_set not in INIT_SETS:
@@ -57,6 +60,8 @@ class EpisodeSpec:
             )
         if self.init_index < 0:
             raise ValueError(f"EpisodeSpec.init_index={self.init_index} must be >= 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"EpisodeSpec.max_steps={self.max_steps} must be >= 1 (or None for the task's)")
 
 
 @dataclass
@@ -70,6 +75,8 @@ class Observation:
     * ``privileged``: float32 ``(N, S)`` simulator state (object poses, goal) that a policy must
       not see; demos store it so latent targets and scripted experts can use it.
     * ``task``: int64 ``(N,)`` index into the vector env's task list.
+    * ``slot``: int64 ``(N,)`` which env slot each row came from (kept through :meth:`select`, so a
+      scripted policy can ask the right simulator); None for hand-made batches.
     """
 
     images: np.ndarray
@@ -77,6 +84,7 @@ class Observation:
     instruction: list[str]
     privileged: np.ndarray
     task: np.ndarray
+    slot: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -90,6 +98,7 @@ class Observation:
             instruction=[self.instruction[i] for i in idx.tolist()],
             privileged=self.privileged[idx],
             task=self.task[idx],
+            slot=None if self.slot is None else self.slot[idx],
         )
 
     @staticmethod
@@ -101,6 +110,7 @@ class Observation:
             instruction=[s for o in items for s in o.instruction],
             privileged=np.concatenate([o.privileged for o in items]),
             task=np.concatenate([o.task for o in items]),
+            slot=None if any(o.slot is None for o in items) else np.concatenate([o.slot for o in items]),  # type: ignore[misc]
         )
 
 

@@ -111,6 +111,11 @@ def suite_tasks(suite: str) -> list[TaskSpec]:
     return [TaskSpec(suite, n, _instruction(n), limit, i) for i, n in enumerate(_task_names(suite))]
 
 
+def rollout_max_steps(task: TaskSpec) -> int:
+    """The reference RL run's rollout budget of the task's suite (evaluation keeps ``task.max_steps``)."""
+    return SUITE_LIMITS[task.suite].rollout_max_steps
+
+
 def default_tasks(suite: str) -> list[TaskSpec]:
     """The suite's first task: one LIBERO env is ~2 GB and ~10 steps/s on a CPU."""
     return suite_tasks(suite)[:1]

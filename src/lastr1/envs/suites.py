@@ -67,6 +67,15 @@ def resolve_tasks(cfg: EnvConfig) -> list[TaskSpec]:
     return chosen
 
 
+def rollout_max_steps(cfg: EnvConfig, task: TaskSpec) -> int:
+    """Step budget of an RL rollout of ``task``: ``env.max_steps`` when set, else the backend's rollout
+    budget (LIBERO: the reference's 240/320/320/576), else the task's evaluation budget."""
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    hook = getattr(_backend(cfg.backend), "rollout_max_steps", None)
+    return int(hook(task)) if hook is not None else task.max_steps
+
+
 def make_env(cfg: EnvConfig) -> VectorEnv:
     """Build the vectorised environment a config describes."""
     tasks = resolve_tasks(cfg)

@@ -49,6 +49,11 @@ class _Slot:
         self.cfg, self.tasks, self.factory, self.max_cached = cfg, tasks, factory, max(1, max_cached)
         self.envs: OrderedDict[int, SingleEnv] = OrderedDict()
         self.current: SingleEnv | None = None
+        self.current_task = -1
+        self.last_obs: SingleObs | None = None
+        self.expert: Any = None  # the scripted expert bound to ``expert_env``, built on first request
+        self.expert_env: SingleEnv | None = None
+        self.expert_fresh = False  # the episode restarted since the expert last acted
 
     def env_for(self, task: int) -> SingleEnv:
         if task in self.envs:
@@ -63,12 +68,31 @@ class _Slot:
 
     def reset(self, task: int, init_set: InitSet, init_index: int) -> SingleObs:
         self.current = self.env_for(task)
-        return self.current.reset(init_set, init_index)
+        self.current_task = task
+        self.last_obs = self.current.reset(init_set, init_index)
+        self.expert_fresh = True
+        return self.last_obs
 
     def step(self, action: np.ndarray) -> tuple[SingleObs, float, bool]:
         if self.current is None:
             raise RuntimeError("step() before reset(): call reset(episodes) first")
-        return self.current.step(action)
+        self.last_obs, reward, success = self.current.step(action)
+        return self.last_obs, reward, success
+
+    def expert_action(self) -> np.ndarray:
+        """The backend's scripted expert's next action for this slot's episode (runs where the simulator
+        lives, so experts that read simulator internals work in async workers too)."""
+        if self.current is None or self.last_obs is None:
+            raise RuntimeError("expert_action() before reset(): call reset(episodes) first")
+        if self.expert_env is not self.current:  # another task (or a rebuilt simulator)
+            from lastr1.envs.experts import make_expert
+
+            self.expert = make_expert(self.cfg.backend, self.tasks[self.current_task], self.current)
+            self.expert_env = self.current
+        if self.expert_fresh:
+            self.expert.reset()
+            self.expert_fresh = False
+        return np.asarray(self.expert.act(self.last_obs), dtype=np.float64)
 
     def num_init_states(self, task: int, init_set: InitSet) -> int:
         return self.env_for(task).num_init_states(init_set)
@@ -163,6 +187,7 @@ class BatchedEnv:
         else:
             self._slots = [_Slot(cfg, self.tasks, factory, max_cached_per_slot) for _ in range(self.num_envs)]
         self._task = np.zeros(self.num_envs, dtype=np.int64)
+        self._max_steps = np.zeros(self.num_envs, dtype=np.int64)
         self._steps = np.zeros(self.num_envs, dtype=np.int64)
         self._done = np.ones(self.num_envs, dtype=bool)
         self._success = np.zeros(self.num_envs, dtype=bool)
@@ -189,6 +214,7 @@ class BatchedEnv:
         args = [(e.task, e.init_set, e.init_index) for e in episodes]
         obs = self._call_all("reset", args, list(range(self.num_envs)))
         self._task[:] = [e.task for e in episodes]
+        self._max_steps[:] = [e.max_steps or self.tasks[e.task].max_steps for e in episodes]
         self._steps[:] = 0
         self._done[:] = False
         self._success[:] = False
@@ -206,13 +232,17 @@ class BatchedEnv:
             self._steps[i] += 1
             self._success[i] |= bool(success)
         terminated = self._success.copy()
-        max_steps = np.array([self.tasks[t].max_steps for t in self._task])
-        truncated = ~terminated & (self._steps >= max_steps)
+        truncated = ~terminated & (self._steps >= self._max_steps)
         was_active = np.zeros(self.num_envs, dtype=bool)
         was_active[active] = True
         self._done |= terminated | truncated
         info = {"success": self._success.copy(), "active": was_active, "steps": self._steps.copy()}
         return StepResult(self._batch(self._last), reward, terminated, truncated, info)
+
+    def expert_actions(self, slots: np.ndarray | list[int]) -> np.ndarray:
+        """``(len(slots), 7)`` actions of the backend's scripted experts for those slots' episodes."""
+        which = [int(i) for i in slots]
+        return np.stack(self._call_all("expert_action", [() for _ in which], which))
 
     @property
     def done(self) -> np.ndarray:
@@ -250,6 +280,7 @@ class BatchedEnv:
             instruction=[self.tasks[t].instruction for t in self._task],
             privileged=np.stack([o.privileged for o in obs]).astype(np.float32),
             task=self._task.copy(),
+            slot=np.arange(self.num_envs, dtype=np.int64),
         )
 
 

@@ -6,6 +6,7 @@ report can be regenerated for any run directory with :func:`write_run_report`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -92,17 +93,59 @@ def success_table(before: dict[str, Any], after: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cost_table(rl: Path) -> str:
+    """Mean seconds per RL iteration by phase, from the run's metrics (measured, this machine)."""
+    rows = [r for r in read_metrics(rl / "metrics.jsonl") if "sec_collect" in r]
+    if not rows:
+        return "(no RL iteration recorded yet)"
+
+    def mean(key: str) -> float:
+        vals = [float(r[key]) for r in rows if key in r]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    evals = [float(r["sec_eval"]) for r in read_metrics(rl / "metrics.jsonl") if "sec_eval" in r]
+    lines = [
+        f"Over {len(rows)} iterations ({rows[-1]['env_steps']} env steps):",
+        "",
+        "| per iteration | mean |",
+        "|---|---|",
+        f"| collect rollouts (s) | {mean('sec_collect'):.1f} |",
+        f"| of which env stepping (s, summed over rounds) | {mean('sec_env'):.1f} |",
+        f"| of which policy forward (s) | {mean('sec_policy'):.1f} |",
+        f"| update (s) | {mean('sec_update'):.1f} |",
+        f"| env steps | {rows[-1]['env_steps'] / len(rows):.0f} |",
+        f"| env steps / s while collecting | {mean('env_steps_per_s'):.1f} |",
+    ]
+    if evals:
+        lines.append(f"| evaluation, when run (s) | {sum(evals) / len(evals):.1f} |")
+    return "\n".join(lines)
+
+
+def _link(path: str, base: Path) -> str:
+    return os.path.relpath(Path(path).resolve(), base.resolve())
+
+
 def write_run_report(
-    run_dir: Path, before: dict[str, Any], after: dict[str, Any], seconds: dict[str, float], algo: str
+    run_dir: Path,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    seconds: dict[str, float],
+    algo: str,
+    rl: Path | None = None,
+    title: str = "",
 ) -> Path:
-    """``report.md`` for a demo run: curves, latent lengths, before/after table, video links."""
-    rl = run_dir / "rl"
+    """``report.md`` in ``run_dir``: curves, latent lengths, before/after table, video links, costs.
+
+    ``rl`` is the RL run directory (default ``run_dir/rl``, the demo's layout; ``lastr1 report``
+    passes the RL run itself).
+    """
+    rl = rl if rl is not None else run_dir / "rl"
     curve = plot_learning_curve({algo: rl}, run_dir / "learning_curve.png")
     latent = plot_latent_length(rl, run_dir / "latent_length.png")
     lines = [
-        f"# lastr1 run report: {run_dir.name}",
+        f"# lastr1 run report: {title or run_dir.name}",
         "",
-        f"SFT warm-up on one demo per task, then `{algo}` RL; evaluation on the held-out `eval` "
+        f"SFT warm-up, then `{algo}` RL; evaluation on the held-out `eval` "
         "initial states with greedy actions and the deterministic stop rule.",
         "",
         "## Success before and after RL (95 % Wilson intervals)",
@@ -123,11 +166,11 @@ def write_run_report(
     for label, res in (("SFT", before), ("RL", after)):
         for name, r in res["per_task"].items():
             if r.get("video"):
-                lines.append(
-                    f"- {label} / {name}: [{Path(r['video']).name}]({Path(r['video']).relative_to(run_dir)})"
-                )
-    lines += ["", "## Time per stage (seconds)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
+                lines.append(f"- {label} / {name}: [{Path(r['video']).name}]({_link(r['video'], run_dir)})")
+    lines += ["", "## Cost per RL iteration", "", cost_table(rl)]
+    if seconds:
+        lines += ["", "## Time per stage (seconds)", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
     lines += [
         "",
         "Reproduce a stage by hand: `lastr1 sft --config sft/config.yaml`, "

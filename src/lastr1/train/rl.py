@@ -21,6 +21,7 @@ from lastr1.algos import AlgoConfig, NewTerms, OldTerms, gae, get_algorithm, grp
 from lastr1.config import save_config
 from lastr1.envs import EnvConfig, EpisodeSpec, make_env
 from lastr1.envs.base import VectorEnv
+from lastr1.envs.suites import rollout_max_steps
 from lastr1.eval.evaluate import evaluate, format_table, save_eval
 from lastr1.models.policy import LastR1Policy
 from lastr1.models.policy_io import ActionOutput, PolicyBatch
@@ -47,6 +48,9 @@ class RLConfig:
     # first N iterations train only the value head (the rollouts still count): a freshly initialised
     # critic otherwise pushes large gradients through the shared backbone on the first updates
     critic_warmup: int = 0
+    # ramp the policy lr linearly over the first N optimizer updates: Adam's first steps move every
+    # parameter by ~lr whatever the gradient's size, which made the first update the largest (KL spike)
+    lr_warmup_updates: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 10.0
     action_temperature: float = 1.6
@@ -57,6 +61,9 @@ class RLConfig:
     eval_at_start: bool = True  # evaluate the starting checkpoint as iteration 0 (the "before" number)
     eval_videos: bool = False  # write the first episode per task of every evaluation to evals/videos_<it>
     max_env_steps: int = 0  # stop once this many env steps were taken (0 = no budget)
+    # step budget of a training rollout; 0 = the backend's (LIBERO: the reference's 240/320/320/576,
+    # longer than the published evaluation budgets, which periodic evaluation keeps)
+    rollout_max_steps: int = 0
     seed: int = 0
     resume: bool = True
     threads: int = 1  # torch threads; >1 is much slower when another process keeps a core busy
@@ -72,18 +79,23 @@ class RLConfig:
             )
         if self.minibatches < 1 or self.epochs < 1:
             raise ValueError("minibatches and epochs must be >= 1")
+        if self.rollout_max_steps < 0:
+            raise ValueError(f"rollout_max_steps={self.rollout_max_steps} must be >= 0 (0 = the backend's)")
+        if self.lr_warmup_updates < 0:
+            raise ValueError(f"lr_warmup_updates={self.lr_warmup_updates} must be >= 0 (0 = no warm-up)")
 
 
 def _train_episodes(cfg: RLConfig, env: VectorEnv, iteration: int) -> tuple[list[EpisodeSpec], list[int]]:
     """This iteration's training starts: tasks round-robin, random train indices, each repeated per group."""
     rng = np.random.default_rng([cfg.seed, iteration])
     starts = cfg.rollouts_per_iter // cfg.group_size
+    budgets = [cfg.rollout_max_steps or rollout_max_steps(cfg.env, t) for t in env.tasks]
     specs, groups = [], []
     for g in range(starts):
         task = g % len(env.tasks)
         index = int(rng.integers(env.num_init_states(task, "train")))
         for _ in range(cfg.group_size):
-            specs.append(EpisodeSpec(task, "train", index))
+            specs.append(EpisodeSpec(task, "train", index, max_steps=budgets[task]))
             groups.append(g)
     return specs, groups
 
@@ -96,7 +108,7 @@ def _advantages(cfg: RLConfig, algo_adv: str, roll: Rollout) -> tuple[torch.Tens
         adv = grpo(roll.rewards, roll.mask, roll.group)
         ret = adv.clone()
     if cfg.algo.whiten_advantages and algo_adv == "gae":
-        adv = whiten(adv, roll.mask)
+        adv = whiten(adv, roll.mask, roll.task if cfg.algo.whiten_per_task else None)
     return adv, ret
 
 
@@ -125,6 +137,16 @@ def _optimizer(policy: LastR1Policy, cfg: RLConfig) -> torch.optim.Optimizer:
         [{"params": main, "lr": cfg.lr}, {"params": value_params, "lr": cfg.value_lr}],
         weight_decay=cfg.weight_decay,
     )
+
+
+def _warmup_factor(opt: torch.optim.Optimizer, warmup: int) -> float:
+    """Linear lr ramp for the policy group, counted from the optimizer's own step (so resume keeps it)."""
+    if warmup <= 0:
+        return 1.0
+    params = opt.param_groups[0]["params"]
+    state = opt.state.get(params[0], {}) if params else {}
+    done = int(state["step"]) if "step" in state else 0
+    return min(1.0, (done + 1) / warmup)
 
 
 def _update(
@@ -157,6 +179,7 @@ def _update(
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             if not torch.isfinite(grad_norm):
                 raise FloatingPointError("non-finite gradient norm in the update")
+            opt.param_groups[0]["lr"] = cfg.lr * _warmup_factor(opt, cfg.lr_warmup_updates)
             opt.step()
             metrics["grad_norm"] = float(grad_norm)
             for k, v in metrics.items():
