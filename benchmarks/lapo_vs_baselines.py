@@ -62,7 +62,9 @@ def _args() -> argparse.Namespace:
     )
     p.add_argument("--action-temperature", type=float, default=1.0)
     p.add_argument(
-        "--whiten-per-task", action="store_true", help="centre advantages per task (AlgoConfig.whiten_per_task)"
+        "--whiten-per-task",
+        action="store_true",
+        help="centre advantages per task (AlgoConfig.whiten_per_task)",
     )
     p.add_argument("--out", default="runs/lapo_vs_baselines")
     return p.parse_args()

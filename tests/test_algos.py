@@ -66,7 +66,9 @@ def test_whiten_per_task_centres_each_task():
     task = torch.tensor([0, 0, 1, 1])
     w = whiten(x, m, task)
     assert w[:2][m[:2]].abs().max().item() < 1e-6 and w[1, 1].item() == 0.0
-    assert w[2:].flatten().tolist() == pytest.approx([-1.3229, 1.3229, 1.3229, -1.3229], abs=1e-3)  # std over all 7 valid
+    assert w[2:].flatten().tolist() == pytest.approx(
+        [-1.3229, 1.3229, 1.3229, -1.3229], abs=1e-3
+    )  # std over all 7 valid
     batch = whiten(x, m)  # batch-wide: the failing task's decisions are all pushed down
     assert (batch[:2][m[:2]] < 0).all()
 

@@ -80,3 +80,9 @@ def test_save_then_load_round_trip(tmp_path):
     cfg = load_config(Outer, None, ["inner.names=x", "lr=0.25"])
     save_config(cfg, tmp_path / "saved.yaml")
     assert load_config(Outer, tmp_path / "saved.yaml") == cfg
+
+
+def test_a_lone_number_is_a_one_item_list():
+    """`--tasks 0` (a LIBERO task id): YAML reads it as an int; a list[str] field still gets ["0"]."""
+    assert load_config(Outer, None, ["inner.names=0"]).inner.names == ["0"]
+    assert load_config(Outer, None, ["inner.names=3,5"]).inner.names == ["3", "5"]

@@ -277,3 +277,44 @@ def test_report_command_names_what_is_missing(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("")
     with pytest.raises(ValueError, match="no evaluation yet"):
         report.run(report.Config(run=str(tmp_path)))
+
+
+@pytest.mark.parametrize("algo", ["lapo", "ppo_action"])
+def test_update_learns_a_one_token_bandit(toy_sft_checkpoint, algo):
+    """The collect-free core of the loop (sampled act -> advantages -> `_update`) must raise the
+    probability of rewarded actions: reward 1 when the first action's x exceeds 0.3, 8 starts, 2 seeds."""
+    from lastr1.algos import OldTerms
+    from lastr1.envs import make_env
+    from lastr1.envs.base import EpisodeSpec
+
+    def rewarded_fraction(policy, obs, gen, draws=8):
+        return (
+            sum(
+                float((policy.act(obs, generator=gen).actions[:, 0, 0] > 0.3).float().mean())
+                for _ in range(draws)
+            )
+            / draws
+        )
+
+    with make_env(EnvConfig(backend="toy", image_size=32, num_envs=8)) as env:
+        obs = env.reset([EpisodeSpec(i % 2, "train", i) for i in range(8)])
+    obs = type(obs).stack([obs] * 4)  # 32 samples per update: the warm-up policy is still broad
+    gains = []
+    for seed in (0, 1):
+        policy = LastR1Policy.from_pretrained(toy_sft_checkpoint).eval()
+        policy.config.action_temperature = 1.0
+        cfg = _cfg(toy_sft_checkpoint, "unused", algo=algo, lr=1e-3, seed=seed)
+        opt, gen = rl._optimizer(policy, cfg), torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            before = rewarded_fraction(policy, obs, gen)
+        for it in range(1, 21):
+            with torch.no_grad():
+                out = policy.act(obs, generator=gen)
+            r = (out.actions[:, 0, 0] > 0.3).float()
+            adv = (r - r.mean()) / (r.std() + 1e-6)
+            old = OldTerms(adv, r, out.value, out.logp_tokens, out.logp_stop, out.latents, out.latent_mask)
+            rl._update(policy, opt, cfg, old, out, it)
+        with torch.no_grad():
+            gains.append(rewarded_fraction(policy, obs, gen) - before)
+    print(f"{algo}: rewarded-action fraction gain per seed {gains} (32 rows x 8 draws each)")
+    assert min(gains) > 0.1, gains  # measured 0.17-0.21; a noise-only change is ~±0.04 (256 draws)

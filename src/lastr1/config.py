@@ -55,6 +55,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         (inner, *_) = get_args(tp) or (Any,)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # `--tasks 0`: YAML reads a lone id as a number
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
         items = [_coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]

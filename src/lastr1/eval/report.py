@@ -171,10 +171,12 @@ def write_run_report(
     if seconds:
         lines += ["", "## Time per stage (seconds)", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
+    prefix = "" if rl.resolve() == run_dir.resolve() else f"{rl.relative_to(run_dir)}/"
     lines += [
         "",
-        "Reproduce a stage by hand: `lastr1 sft --config sft/config.yaml`, "
-        "`lastr1 rl --config rl/config.yaml`, `lastr1 eval --checkpoint rl/final ...`.",
+        "Reproduce by hand: "
+        + ("`lastr1 sft --config sft/config.yaml`, " if prefix else "")
+        + f"`lastr1 rl --config {prefix}config.yaml`, `lastr1 eval --checkpoint {prefix}final ...`.",
         "",
     ]
     path = run_dir / "report.md"
