@@ -23,7 +23,7 @@ from lastr1.data.episodes import EPISODES_DIR, META_FILE, STATS_FILE, Episode, w
 from lastr1.data.stats import statistics_from_arrays, write_statistics
 from lastr1.envs.base import INIT_SETS, SingleEnv, TaskSpec
 from lastr1.envs.config import ENV_ALIASES, EnvConfig
-from lastr1.envs.experts import ScriptedExpert, expert_factory, has_experts, make_expert
+from lastr1.envs.experts import ScriptedExpert, expert_factory, make_expert
 from lastr1.envs.suites import resolve_tasks
 
 VIDEOS_DIR = "videos"
@@ -65,11 +65,6 @@ class Config:
 
 
 def _check_backend(backend: str) -> None:
-    if backend == "libero" and not has_experts("libero"):
-        raise ValueError(
-            "env.backend=libero: LIBERO scripted demos are not available yet "
-            "(lastr1.envs.experts.libero is missing); use env.backend=metaworld for now"
-        )
     expert_factory(backend)  # fails early, before any simulator is built
 
 
@@ -157,9 +152,9 @@ def run(cfg: Config) -> int:
     bar = tqdm(total=len(tasks) * cfg.episodes_per_task, desc="demos", unit="ep", file=sys.stderr)
     for task in tasks:
         env = backend.make_single_env(task, cfg.env)
-        expert = make_expert(cfg.env.backend, task, env)
         kept = tries = 0
         try:
+            expert = make_expert(cfg.env.backend, task, env)  # may refuse the task (ValueError)
             while kept < cfg.episodes_per_task and tries < cfg.max_tries_per_task:
                 episode = record_episode(env, expert, task, cfg.init_set, tries)
                 tries += 1

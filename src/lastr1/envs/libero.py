@@ -209,6 +209,7 @@ class LiberoEnv:
             int(np.atleast_1d(model.get_joint_qpos_addr(n))[0]) for n in self.articulation_names
         ]
         self._succeeded = False
+        self._rendering = True
         self._train_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     # -- protocol ---------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ class LiberoEnv:
         self._env.set_init_state(state)
         for _ in range(SETTLE_STEPS):
             self._env.step(SETTLE_ACTION)
-        self._set_cameras(True)
+        self._set_cameras(self._rendering)
         self._succeeded = False
         return self._observe(self._env.env._get_observations(force_update=True))
 
@@ -324,17 +325,30 @@ class LiberoEnv:
                         f"from every eval state in {_MAX_SAMPLING_ATTEMPTS} tries"
                     )
         finally:
-            self._set_cameras(True)
+            self._set_cameras(self._rendering)
         return np.stack(states), np.array(seeds, dtype=np.int64)
 
     # -- observations -----------------------------------------------------------------------------
+    def set_rendering(self, enabled: bool) -> None:
+        """Turn the cameras on or off (off: ``images`` are black) for runs that only need success.
+
+        Rendering costs ~90 ms a frame on CPU, over twice the physics of one step (~35 ms);
+        scripted-expert success measurements read the simulator, not the pixels.
+        """
+        self._rendering = bool(enabled)
+        self._set_cameras(self._rendering)
+
     def _set_cameras(self, enabled: bool) -> None:
         """Skip rendering while nobody looks (settle steps, state sampling): ~90 ms a frame on CPU."""
         for cam in self._cameras:
             self._env.env.modify_observable(f"{cam}_image", "enabled", enabled)
 
     def _observe(self, raw: dict[str, np.ndarray]) -> SingleObs:
-        images = np.stack([raw[f"{cam}_image"][::-1, ::-1] for cam in self._cameras])
+        if self._rendering:
+            images = np.stack([raw[f"{cam}_image"][::-1, ::-1] for cam in self._cameras])
+        else:  # same shape and dtype, so consumers need not care that nothing was rendered
+            size = self.cfg.image_size
+            images = np.zeros((len(self._cameras), size, size, 3), dtype=np.uint8)
         proprio = np.concatenate(
             [raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]
         ).astype(np.float32)
