@@ -70,3 +70,16 @@ def toy_sft_checkpoint(toy_demos, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("toy_sft") / "sft"
     return train_sft(tiny_sft_config(toy_demos, out, checkpoint_every=30))
+
+
+def run_expert_eval(env, episodes_per_task, out) -> dict:
+    """`lastr1 eval --policy expert` on ``env`` (an EnvConfig); returns the eval.json it wrote."""
+    import json
+
+    from lastr1.commands import eval as eval_command
+
+    cfg = eval_command.Config(
+        policy="expert", env=env, episodes_per_task=episodes_per_task, out=str(out), progress=False
+    )
+    assert eval_command.run(cfg) == 0
+    return json.loads((out / "eval.json").read_text())

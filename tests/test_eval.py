@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from conftest import run_expert_eval
 from lastr1.commands import eval as eval_command
 from lastr1.envs import EnvConfig, make_env
 from lastr1.eval.evaluate import evaluate, format_table
@@ -149,18 +150,8 @@ def test_eval_writes_videos(toy_sft_checkpoint, tmp_path):
 def test_expert_policy_eval_is_deterministic_and_records_the_protocol(tmp_path):
     """`lastr1 eval --policy expert`: the scripted experts through the same evaluator, twice."""
 
-    def run(out):
-        cfg = eval_command.Config(
-            policy="expert",
-            env=EnvConfig(backend="toy", image_size=16, num_envs=3),
-            episodes_per_task=4,
-            out=str(out),
-            progress=False,
-        )
-        assert eval_command.run(cfg) == 0
-        return json.loads((out / "eval.json").read_text())
-
-    a, b = run(tmp_path / "a"), run(tmp_path / "b")
+    env = EnvConfig(backend="toy", image_size=16, num_envs=3)
+    a, b = (run_expert_eval(env, 4, tmp_path / run) for run in ("a", "b"))
     assert _strip(a) == _strip(b)
     assert a["checkpoint"] is None and a["suite"] == "toy"
     for task in a["per_task"].values():

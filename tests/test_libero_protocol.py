@@ -7,11 +7,11 @@ black bowl resting on the ramekin). These tests pin that start and the evaluator
 from __future__ import annotations
 
 import importlib.util
-import json
 
 import numpy as np
 import pytest
 
+from conftest import run_expert_eval
 from lastr1.envs import EnvConfig
 
 pytestmark = [
@@ -53,26 +53,10 @@ def test_published_spatial_task5_start_holds(tmp_path):
 
 def test_expert_eval_on_libero_repeats_episode_for_episode(tmp_path):
     """`lastr1 eval --policy expert --env libero`: the per-task table and video, twice, identical."""
-    from lastr1.commands import eval as eval_command
-
-    def run(out):
-        cfg = eval_command.Config(
-            policy="expert",
-            env=EnvConfig(
-                backend="libero",
-                suite="libero_object",
-                tasks=["0"],
-                image_size=32,
-                cache_dir=str(tmp_path / "c"),
-            ),
-            episodes_per_task=2,
-            out=str(out),
-            progress=False,
-        )
-        assert eval_command.run(cfg) == 0
-        return json.loads((out / "eval.json").read_text())
-
-    a, b = run(tmp_path / "a"), run(tmp_path / "b")
+    env = EnvConfig(
+        backend="libero", suite="libero_object", tasks=["0"], image_size=32, cache_dir=str(tmp_path / "c")
+    )
+    a, b = (run_expert_eval(env, 2, tmp_path / run) for run in ("a", "b"))
     (name, task_a), task_b = next(iter(a["per_task"].items())), next(iter(b["per_task"].values()))
     assert name == "pick_up_the_alphabet_soup_and_place_it_in_the_basket"
     assert task_a["success_list"] == task_b["success_list"] == [True, True]  # the expert solves both

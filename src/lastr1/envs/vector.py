@@ -49,7 +49,6 @@ class _Slot:
         self.cfg, self.tasks, self.factory, self.max_cached = cfg, tasks, factory, max(1, max_cached)
         self.envs: OrderedDict[int, SingleEnv] = OrderedDict()
         self.current: SingleEnv | None = None
-        self.current_task = -1
         self.last_obs: SingleObs | None = None
         self.expert: Any = None  # the scripted expert bound to ``expert_env``, built on first request
         self.expert_env: SingleEnv | None = None
@@ -68,7 +67,6 @@ class _Slot:
 
     def reset(self, task: int, init_set: InitSet, init_index: int) -> SingleObs:
         self.current = self.env_for(task)
-        self.current_task = task
         self.last_obs = self.current.reset(init_set, init_index)
         self.expert_fresh = True
         return self.last_obs
@@ -87,7 +85,7 @@ class _Slot:
         if self.expert_env is not self.current:  # another task (or a rebuilt simulator)
             from lastr1.envs.experts import make_expert
 
-            self.expert = make_expert(self.cfg.backend, self.tasks[self.current_task], self.current)
+            self.expert = make_expert(self.cfg.backend, self.current.task, self.current)
             self.expert_env = self.current
         if self.expert_fresh:
             self.expert.reset()

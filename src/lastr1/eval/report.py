@@ -95,7 +95,8 @@ def success_table(before: dict[str, Any], after: dict[str, Any]) -> str:
 
 def cost_table(rl: Path) -> str:
     """Mean seconds per RL iteration by phase, from the run's metrics (measured, this machine)."""
-    rows = [r for r in read_metrics(rl / "metrics.jsonl") if "sec_collect" in r]
+    metrics = read_metrics(rl / "metrics.jsonl")
+    rows = [r for r in metrics if "sec_collect" in r]
     if not rows:
         return "(no RL iteration recorded yet)"
 
@@ -103,7 +104,7 @@ def cost_table(rl: Path) -> str:
         vals = [float(r[key]) for r in rows if key in r]
         return sum(vals) / len(vals) if vals else float("nan")
 
-    evals = [float(r["sec_eval"]) for r in read_metrics(rl / "metrics.jsonl") if "sec_eval" in r]
+    evals = [float(r["sec_eval"]) for r in metrics if "sec_eval" in r]
     lines = [
         f"Over {len(rows)} iterations ({rows[-1]['env_steps']} env steps):",
         "",
