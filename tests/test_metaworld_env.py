@@ -109,9 +109,43 @@ def test_train_and_eval_sets_are_disjoint(reach, monkeypatch):
     # The guarantee is by construction: a train state equal to an eval state is skipped.
     reach.reset("train", 0)
     train0 = reach.rand_vec()
-    monkeypatch.setattr(mw, "_eval_rand_vecs", lambda name: np.concatenate([eval_vecs, train0[None]]))
+    monkeypatch.setattr(
+        mw, "_eval_rand_vecs", lambda name, scale=1.0: np.concatenate([eval_vecs, train0[None]])
+    )
     reach.reset("train", 0)
     assert np.abs(reach.rand_vec() - train0).max() > mw.MIN_TRAIN_EVAL_DISTANCE
+
+
+def test_placement_scale_shrinks_every_range_about_its_centre():
+    """Scale 0.3 keeps each draw inside the shrunk box, keeps reach's own rejection rule (goal 15 cm
+    from the puck) and keeps train and eval disjoint; scale 1 is the benchmark's placement."""
+    small = mw.make_single_env(_task("reach-v3"), EnvConfig(image_size=SIZE, placement_scale=0.3))
+    full = mw.make_single_env(_task("reach-v3"), EnvConfig(image_size=SIZE))
+    try:
+        space = small._env._random_reset_space
+        low, high = np.asarray(space.low), np.asarray(space.high)
+        centre, half = (low + high) / 2, (high - low) / 2
+        eval_vecs = mw._eval_rand_vecs("reach-v3", 0.3)
+        vecs = []
+        for i in range(30):
+            small.reset("train", i)
+            vec = small.rand_vec()
+            vecs.append(vec)
+            assert np.all(np.abs(vec - centre) <= 0.3 * half + 1e-9)
+            assert np.linalg.norm(vec[:2] - vec[3:5]) >= 0.15
+            assert np.abs(eval_vecs - vec).max(axis=1).min() >= mw.MIN_TRAIN_EVAL_DISTANCE
+            np.testing.assert_allclose(small._env._target_pos, vec[3:])  # the goal really moved there
+        spread = np.ptp(np.stack(vecs), axis=0)
+        assert np.all(spread[half > 0] > 0.1 * half[half > 0])  # still random, not collapsed
+        full.reset("train", 0)
+        assert np.any(np.abs(full.rand_vec() - centre) > 0.3 * half)  # the full box is used at 1
+    finally:
+        small.close()
+        full.close()
+    with pytest.raises(ValueError, match="placement_scale"):
+        EnvConfig(placement_scale=0.0)
+    with pytest.raises(ValueError, match="Meta-World only"):
+        EnvConfig(backend="toy", placement_scale=0.5)
 
 
 def test_binary_success_reward_with_expert(reach):

@@ -212,6 +212,7 @@ def run(cfg: Config) -> int:
             "num_episodes": len(records),
             "per_task": per_task,
             "init_set": cfg.init_set,
+            "placement_scale": cfg.env.placement_scale,  # (task, init_set, index) reproduce a start only with it
             "source": "scripted expert (lastr1 make-demos)",
             "episodes": records,
         },

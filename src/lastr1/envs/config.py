@@ -28,6 +28,10 @@ class EnvConfig:
     # "sync": all envs stepped in this process; "async": one subprocess per env (spawn).
     vector: Literal["sync", "async"] = "sync"
     seed: int = 0
+    # Meta-World only: shrink every placement range (objects, goals) about its centre by this factor;
+    # 1 = the benchmark's ranges. Small values give LIBERO-like layout jitter around one layout,
+    # the regime where a one-demo warm-up partly works and RL has something to sharpen.
+    placement_scale: float = 1.0
     # Where backends may write (generated train initial states, LIBERO config); never elsewhere.
     cache_dir: str = ".cache/lastr1"
 
@@ -38,3 +42,12 @@ class EnvConfig:
             raise ValueError(f"env.image_size={self.image_size} must be in [16, 512] pixels")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"env.max_steps={self.max_steps} must be >= 1 (or null for the default)")
+        if not 0.0 < self.placement_scale <= 1.0:
+            raise ValueError(
+                f"env.placement_scale={self.placement_scale} must be in (0, 1] (1 = the benchmark's ranges)"
+            )
+        if self.placement_scale != 1.0 and self.backend != "metaworld":
+            raise ValueError(
+                f"env.placement_scale={self.placement_scale} applies to Meta-World only; "
+                f"{self.backend} has fixed initial states (leave it at 1)"
+            )

@@ -211,6 +211,7 @@ class MetaWorldEnv:
                 "(`lastr1 envs --backend metaworld` lists all 50)"
             )
         self.task = task
+        self.placement_scale = cfg.placement_scale
         self.image_size = cfg.image_size
         self.cameras = [AGENT_CAMERA, WRIST_CAMERA] if cfg.wrist_view else [AGENT_CAMERA]
         self._env: Any = _raw_env(task.name)
@@ -242,7 +243,7 @@ class MetaWorldEnv:
         return NUM_EVAL_STATES if init_set == "eval" else NUM_TRAIN_STATES
 
     def _sample_reset(self, init_set: str, index: int, attempt: int) -> np.ndarray:
-        return _seeded_reset(self._env, self.task.name, init_set, index, attempt)
+        return _seeded_reset(self._env, self.task.name, init_set, index, attempt, self.placement_scale)
 
     def rand_vec(self) -> np.ndarray:
         """The current placement vector (objects and goal) Meta-World drew at the last reset."""
@@ -255,7 +256,7 @@ class MetaWorldEnv:
         if init_set == "eval":
             obs = self._sample_reset("eval", init_index, 0)
         else:
-            eval_vecs = _eval_rand_vecs(self.task.name)
+            eval_vecs = _eval_rand_vecs(self.task.name, self.placement_scale)
             for attempt in range(1000):
                 obs = self._sample_reset("train", init_index, attempt)
                 gap = np.abs(eval_vecs - self.rand_vec()).max(axis=1).min()
@@ -337,23 +338,47 @@ def _raw_env(task_name: str) -> Any:
     return env
 
 
-def _seeded_reset(env: Any, task_name: str, init_set: str, index: int, attempt: int) -> np.ndarray:
+def _seeded_reset(
+    env: Any, task_name: str, init_set: str, index: int, attempt: int, scale: float = 1.0
+) -> np.ndarray:
     """Reset with Meta-World's own sampler (it enforces each task's placement constraints) seeded
-    for one candidate; ``mj_resetData`` inside makes the result independent of the past."""
+    for one candidate; ``mj_resetData`` inside makes the result independent of the past.
+
+    ``scale < 1`` shrinks each draw toward the centre of the placement box. It wraps the sampler
+    rather than editing the result, so a task's rejection loop (reach: goal 15 cm from the puck)
+    still redraws until its constraint holds.
+    """
     env.seed(_state_seed(task_name, init_set, index, attempt))
     env._freeze_rand_vec = False
     env.seeded_rand_vec = True
+    if scale != 1.0:
+        _shrink_sampler(env, scale)
+    elif "_get_state_rand_vec" in vars(env):
+        del env._get_state_rand_vec  # back to the class's sampler
     obs, _ = env.reset()
     return obs
 
 
+def _shrink_sampler(env: Any, scale: float) -> None:
+    space = env._random_reset_space
+    centre = (np.asarray(space.low, dtype=np.float64) + np.asarray(space.high, dtype=np.float64)) / 2
+    draw = type(env)._get_state_rand_vec.__get__(env)
+
+    def shrunk() -> np.ndarray:
+        vec = centre + scale * (np.asarray(draw(), dtype=np.float64) - centre)
+        env._last_rand_vec = vec
+        return vec
+
+    env._get_state_rand_vec = shrunk
+
+
 @cache
-def _eval_rand_vecs(task_name: str) -> np.ndarray:
+def _eval_rand_vecs(task_name: str, scale: float = 1.0) -> np.ndarray:
     """The eval placements of a task (computed once per process, physics only, ~1 s)."""
     env = _raw_env(task_name)
     vecs = []
     for i in range(NUM_EVAL_STATES):
-        _seeded_reset(env, task_name, "eval", i, 0)
+        _seeded_reset(env, task_name, "eval", i, 0, scale)
         vecs.append(np.asarray(env._last_rand_vec, dtype=np.float64).copy())
     env.close()
     return np.stack(vecs)
