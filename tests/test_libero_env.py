@@ -164,6 +164,28 @@ def test_train_states_are_cached_and_disjoint_from_eval(env: L.LiberoEnv) -> Non
 
 
 @pytest.mark.libero
+def test_train_states_keep_fixture_placed_objects_on_their_fixture(tmp_path: Path) -> None:
+    """Regression: soft resets put a bowl that sits on the stove ~1 m up (the fixture's offset added
+    twice) and it fell off the table. After settling, every object of a train state must rest at the
+    height it has in the published eval states, and near the same place."""
+    task = L.suite_tasks("libero_spatial")[7]  # the black bowl on the stove
+    env = L.make_single_env(
+        task, EnvConfig(backend="libero", suite="libero_spatial", image_size=32, cache_dir=str(tmp_path))
+    )
+    try:
+        env.set_rendering(False)
+        env.reset("eval", 0)
+        eval_pos = env.object_positions(env.sim_env.sim.get_state().flatten())
+        for index in range(3):
+            env.reset("train", index)
+            pos = env.object_positions(env.sim_env.sim.get_state().flatten())
+            np.testing.assert_allclose(pos[:, 2], eval_pos[:, 2], atol=0.01)
+            assert np.abs(pos[:, :2] - eval_pos[:, :2]).max() < 0.1
+    finally:
+        env.close()
+
+
+@pytest.mark.libero
 def test_expert_succeeds_and_replay_is_deterministic(env: L.LiberoEnv) -> None:
     from lastr1.envs.experts.libero import PickPlaceExpert
 

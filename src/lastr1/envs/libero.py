@@ -8,7 +8,9 @@ Initial states (``reset(init_set, index)``):
 
 * ``eval``: the benchmark's fixed 50 states per task (``get_task_init_states``), as in the paper.
 * ``train``: fresh states, sampled by LIBERO's own placement samplers (seeded ``env.reset()``, arm
-  joint noise 0.02 like the benchmark's) and kept only if, for *every* eval state, some object is
+  joint noise 0.02 like the benchmark's) in a separate render-less env with ``hard_reset=True``:
+  a *soft* reset places objects that sit on a fixture (a bowl on the stove or in the cabinet) at
+  the fixture's offset added twice, ~1 m up, so they fall off the table. States are kept only if, for *every* eval state, some object is
   farther from its eval position than the task's margin (:meth:`LiberoEnv.train_eval_margin`) --
   disjoint by construction. Generated lazily in chunks, cached under ``<cache_dir>/libero/init_states``.
 
@@ -71,7 +73,7 @@ TRAIN_EVAL_MARGIN = 0.5
 TRAIN_EVAL_MIN_DIST = 0.001  # m
 _MAX_SAMPLING_ATTEMPTS = 200
 _ARM_INIT_NOISE = {"magnitude": 0.02, "type": "gaussian"}  # robosuite's "default", as in the benchmark
-_CACHE_VERSION = "v1"
+_CACHE_VERSION = "v2"  # v2: train states sampled with hard resets (v1 dropped fixture-placed objects)
 
 # Privileged vector: MAX_OBJECTS object poses (pos xyz + quat xyzw) in the task's BDDL object order,
 # then up to MAX_ARTICULATIONS fixture joint positions (drawers, knobs, doors); zero-padded.
@@ -182,6 +184,7 @@ class LiberoEnv:
         bddl = Path(lib["get_libero_path"]("bddl_files")) / task.suite / f"{task.name}.bddl"
         self._eval_states = np.asarray(bench.get_task_init_states(self.task_index), dtype=np.float64)
         self._cameras = [AGENT_VIEW] + ([WRIST_VIEW] if cfg.wrist_view else [])
+        self._bddl = bddl
         self._env = lib["OffScreenRenderEnv"](
             bddl_file_name=str(bddl),
             camera_names=self._cameras,
@@ -305,16 +308,26 @@ class LiberoEnv:
         return states, seeds
 
     def _sample_train_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample in a hard-resetting, render-less copy of the task (~0.5 s a reset): LIBERO's soft
+        reset misplaces objects that sit on fixtures (see the module docstring)."""
         states, seeds = [], []
         margin = self.train_eval_margin()
-        self._set_cameras(False)
+        with contextlib.redirect_stdout(io.StringIO()):
+            sampler = import_libero()["ControlEnv"](
+                bddl_file_name=str(self._bddl),
+                has_offscreen_renderer=False,
+                use_camera_obs=False,
+                hard_reset=True,
+                ignore_done=True,
+                initialization_noise=_ARM_INIT_NOISE,
+            )
         try:
             for index in range(chunk * TRAIN_CHUNK, (chunk + 1) * TRAIN_CHUNK):
                 for attempt in range(_MAX_SAMPLING_ATTEMPTS):
                     seed = _reset_seed(self.task.suite, self.task_index, "train", index, attempt)
                     with _seeded_global_numpy(seed):
-                        self._env.reset()
-                    state = self._env.get_sim_state().copy()
+                        sampler.reset()
+                    state = sampler.get_sim_state().copy()
                     if self.distance_to_eval(state) > margin:
                         states.append(state)
                         seeds.append(seed)
@@ -325,7 +338,7 @@ class LiberoEnv:
                         f"from every eval state in {_MAX_SAMPLING_ATTEMPTS} tries"
                     )
         finally:
-            self._set_cameras(self._rendering)
+            sampler.close()
         return np.stack(states), np.array(seeds, dtype=np.int64)
 
     # -- observations -----------------------------------------------------------------------------

@@ -161,7 +161,9 @@ def import_libero() -> dict[str, Any]:
     with contextlib.redirect_stdout(io.StringIO()):
         from libero.libero import benchmark, get_libero_path
         from libero.libero.envs import OffScreenRenderEnv
+        from libero.libero.envs.env_wrapper import ControlEnv
     return {
+        "ControlEnv": ControlEnv,
         "benchmark": benchmark,
         "get_libero_path": get_libero_path,
         "OffScreenRenderEnv": OffScreenRenderEnv,
