@@ -166,19 +166,24 @@ def test_k_max_zero_has_no_latents_and_no_stop() -> None:
     assert sft.latents.shape == (B, 0, 32) and sft.action_logits.shape == (B, 14, 256)
 
 
-def test_greedy_stop_threshold_rule() -> None:
-    logits = torch.tensor([[5.0, 6.0, 0.0, 0.0], [-1.0, 0.0, 0.5, -2.0], [0.0, 4.7, 9.0, 9.5]])
+def test_greedy_stop_hazard_rule() -> None:
+    probs = torch.tensor([[0.5, 0.497, 0.002, 0.001], [0.2, 0.3, 0.4, 0.1], [0.995, 0.003, 0.001, 0.001]])
+    logits = probs.log()
     index, logp = choose_stop(logits, "greedy", 1.0, 0.99)
-    # row 0: sigmoid(5) = 0.9933 >= 0.99 at the first candidate although 6 is larger;
-    # row 1: nothing reaches 0.99 -> argmax; row 2: sigmoid(4.7) = 0.991 -> second candidate
-    assert index.tolist() == [0, 2, 1]
+    # row 0: hazard 0.5 at the first candidate, 0.497 / 0.5 = 0.994 at the second -> second, although
+    # the first is the argmax; row 1: no hazard reaches 0.99 (the last one does not count) -> argmax;
+    # row 2: the first candidate's own probability is 0.995 -> first
+    assert index.tolist() == [1, 2, 0]
     torch.testing.assert_close(logp, torch.log_softmax(logits, -1)[torch.arange(3), index])
-    # and through the policy: a strongly positive stop bias stops at the first candidate
+    # a common shift of the logits (which the softmax, and so RL, cannot see) changes nothing
+    assert torch.equal(choose_stop(logits + 7.0, "greedy", 1.0, 0.99)[0], index)
+    assert choose_stop(logits, "greedy", 1.0, 1.01)[0].tolist() == [0, 2, 0]  # threshold > 1: argmax
+    # and through the policy: shifting the stop head's bias leaves the greedy length unchanged
     policy = _policy()
+    before = policy.act(_obs(), mode="greedy").latent_len
     with torch.no_grad():
-        policy.stop_head.weight.zero_()
-        policy.stop_head.bias.fill_(10.0)
-    assert torch.all(policy.act(_obs(), mode="greedy").latent_len == 2)
+        policy.stop_head.bias.add_(10.0)
+    assert torch.equal(policy.act(_obs(), mode="greedy").latent_len, before)
 
 
 def test_stop_sampling_follows_tempered_softmax() -> None:

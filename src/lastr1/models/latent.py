@@ -144,16 +144,22 @@ def choose_stop(
     """Pick a stop candidate per sample; return ``(index (B,), log-prob (B,))``.
 
     ``sample``: draw from ``softmax(logits / temperature)``. ``greedy``: the first candidate whose
-    own stop probability ``sigmoid(logit)`` reaches ``threshold`` (the analogue of the reference's
-    per-position ``p(<latent_end>)``), else the argmax. The log-prob is always taken from the
-    categorical ``softmax(logits / temperature)`` -- the one sampling uses -- so PPO ratios are
-    consistent (the caller passes temperature 1 for greedy).
+    *hazard* -- the probability of stopping there given reasoning got there,
+    ``p_j / Σ_{i≥j} p_i`` under ``softmax(logits / temperature)`` -- reaches ``threshold`` (the
+    analogue of the reference's per-position ``p(<latent_end>)``), else the argmax. The last
+    candidate's hazard is always 1, so it only wins through the argmax. Both rules read only the
+    categorical that sampling and the PPO ratio use, so they are invariant to a shift of all logits:
+    RL, which trains that categorical, cannot move the greedy stop through a drift it never sees.
+    The log-prob is always taken from that categorical (the caller passes temperature 1 for greedy).
     """
     logp_all = F.log_softmax(logits / temperature, dim=-1)
     if mode == "sample":
         index = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
     else:
-        hit = torch.sigmoid(logits) >= threshold
+        # log Σ_{i≥j} p_i by a reversed log-cumsum-exp
+        tail = torch.logcumsumexp(logp_all.flip(-1), dim=-1).flip(-1)
+        hit = (logp_all - tail).exp() >= threshold
+        hit[..., -1] = False
         first = hit.int().argmax(dim=-1)  # argmax returns the first maximal index
         index = torch.where(hit.any(dim=-1), first, logits.argmax(dim=-1))
     return index, logp_all.gather(1, index[:, None]).squeeze(1)
