@@ -56,6 +56,19 @@ def test_same_checkpoint_same_seed_same_episodes(toy_sft_checkpoint, tmp_path):
         assert fa.shape == fb.shape and np.array_equal(fa, fb)
 
 
+def test_sampled_eval_is_reproducible_and_differs_from_greedy(toy_sft_checkpoint):
+    """``mode="sample"`` draws from one seeded generator: same seed, same episodes; the draws matter."""
+    policy = LastR1Policy.from_pretrained(toy_sft_checkpoint).eval()
+    with make_env(EnvConfig(backend="toy", image_size=32, num_envs=2)) as env:
+        runs = [evaluate(policy, env, 4, mode="sample", seed=s, progress=False) for s in (5, 5, 6)]
+        greedy = evaluate(policy, env, 4, progress=False)
+    lists = [[r["per_task"][t]["success_list"] for t in r["per_task"]] for r in runs]
+    lats = [r["mean_latent_len"] for r in runs]
+    assert lists[0] == lists[1] and lats[0] == lats[1]
+    assert runs[0]["mode"] == "sample" and greedy["mode"] == "greedy"
+    assert (lists[0], lats[0]) != (lists[2], lats[2])  # another seed, other draws
+
+
 def test_eval_json_contents(toy_sft_checkpoint, tmp_path):
     res = _run_eval(toy_sft_checkpoint, tmp_path / "e")  # 6 episodes on 4 envs: the last round is padded
     assert res["checkpoint"] == str(toy_sft_checkpoint) and res["init_set"] == "eval"

@@ -58,7 +58,8 @@ def test_rl_end_to_end(toy_sft_checkpoint, tmp_path, algo):
     out = tmp_path / algo
     # GRPO learns only from groups with mixed outcomes: 4 groups of 2 per iteration give it signal
     group = dict(group_size=2, rollouts_per_iter=8) if algo == "grpo_action" else {}
-    state = train_rl(_cfg(toy_sft_checkpoint, out, algo=algo, **group))
+    sampled = algo == "lapo"  # LAPO's run also evaluates the sampled policy
+    state = train_rl(_cfg(toy_sft_checkpoint, out, algo=algo, eval_sampled=sampled, **group))
     assert state["iteration"] == 3 and state["env_steps"] > 0 and "stopped" not in state
 
     rows = read_metrics(out / "metrics.jsonl")
@@ -89,7 +90,12 @@ def test_rl_end_to_end(toy_sft_checkpoint, tmp_path, algo):
     for it in (0, 2, 3):
         res = json.loads((out / "evals" / f"eval_{it:05d}.json").read_text())
         assert res["episodes"] == 4 and set(res["per_task"]) == {"reach-red", "reach-blue"}
-        assert res["init_set"] == "eval"
+        assert res["init_set"] == "eval" and res["mode"] == "greedy"
+        assert (out / "evals" / f"sampled_{it:05d}.json").is_file() == sampled
+    for r in evals:
+        assert ("eval_sampled_success" in r) == sampled
+        if sampled:
+            assert 0.0 <= r["eval_sampled_success"] <= 1.0 and "eval_sampled_success/reach-red" in r
     assert state["last_eval"]["iteration"] == 3
 
     # checkpoints: the two newest are kept, `latest` names the last one, and it loads
@@ -116,6 +122,7 @@ def test_rl_end_to_end(toy_sft_checkpoint, tmp_path, algo):
         report = (out / "report.md").read_text()
         assert (out / "learning_curve.png").is_file() and (out / "latent_length.png").is_file()
         assert "## Cost per RL iteration" in report and "Over 3 iterations" in report
+        assert "The sampled policy (the rollout temperatures" in report
         assert re.search(r"^\| update \(s\) \| \d+\.\d \|$", report, re.M)
 
 

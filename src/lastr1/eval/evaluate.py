@@ -1,8 +1,10 @@
 """Evaluate a policy on the ``eval`` initial states: per-task success, 95 % CI, latent length, videos.
 
 Episodes are fixed by ``(task, "eval", index)`` for index < episodes_per_task, actions are greedy
-and the stop rule is the deterministic threshold, so the same checkpoint gives the same success
-list on every run (tested).
+and the stop rule is the deterministic one, so the same checkpoint gives the same success list on
+every run (tested). ``mode="sample"`` evaluates the stochastic policy RL actually optimises (at the
+policy's configured temperatures), drawing from one generator seeded by ``seed``, so it is
+reproducible too. A small policy's greedy and sampled behaviour can differ a lot (see docs/rl.md).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from lastr1.envs.base import EpisodeSpec, VectorEnv
@@ -30,6 +33,7 @@ def evaluate(
     videos_per_task: int = 1,
     progress: bool = True,
     mode: str = "greedy",
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Run ``episodes_per_task`` episodes per task and summarise them (see module docstring)."""
     if episodes_per_task < 1:
@@ -48,12 +52,13 @@ def evaluate(
     latent_len: dict[int, list[int]] = {t: [] for t in range(len(env.tasks))}
     steps: dict[int, list[int]] = {t: [] for t in range(len(env.tasks))}
     videos: dict[str, str] = {}
-    bar = tqdm(total=len(specs), desc="eval episodes", disable=not progress, leave=False)
+    gen = torch.Generator().manual_seed(seed) if mode == "sample" else None
+    bar = tqdm(total=len(specs), desc=f"eval episodes ({mode})", disable=not progress, leave=False)
     for start in range(0, len(specs), n):
         batch = specs[start : start + n]
         real = len(batch)
         batch = batch + [batch[-1]] * (n - real)  # pad the last round; padded slots are discarded
-        roll = collect(env, policy, batch, mode=mode, record_frames=n if videos_dir else 0)
+        roll = collect(env, policy, batch, mode=mode, generator=gen, record_frames=n if videos_dir else 0)
         for i, spec in enumerate(batch[:real]):
             success[spec.task].append(bool(roll.success[i]))
             valid = roll.mask[i]
@@ -93,6 +98,7 @@ def evaluate(
         "ci95": [lo, hi],
         "mean_latent_len": float(np.mean(all_lat)) if all_lat else 0.0,
         "init_set": init_set,
+        "mode": mode,
         "per_task": per_task,
     }
 

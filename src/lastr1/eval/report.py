@@ -6,6 +6,7 @@ report can be regenerated for any run directory with :func:`write_run_report`.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,23 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[flo
 
 
 def plot_learning_curve(rl_dirs: dict[str, Path], path: Path) -> Path:
-    """Eval success (and train success, dashed) vs env steps, one line per run."""
+    """Greedy eval success (solid), sampled eval success (dotted, when run) and train success (dashed)
+    vs env steps, one colour per run."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for label, run in rl_dirs.items():
         rows = read_metrics(run / "metrics.jsonl")
         x, y = _series(rows, "eval_success")
-        line = ax.plot(x, [100 * v for v in y], marker="o", label=f"{label} (eval)")[0]
+        line = ax.plot(x, [100 * v for v in y], marker="o", label=f"{label} (eval, greedy)")[0]
+        x, y = _series(rows, "eval_sampled_success")
+        if x:
+            ax.plot(
+                x,
+                [100 * v for v in y],
+                marker="s",
+                linestyle=":",
+                color=line.get_color(),
+                label=f"{label} (eval, sampled)",
+            )
         x, y = _series(rows, "train_success")
         ax.plot(
             x,
@@ -51,18 +63,25 @@ def plot_learning_curve(rl_dirs: dict[str, Path], path: Path) -> Path:
 
 
 def plot_latent_length(run: Path, path: Path) -> Path:
-    """Mean sampled reasoning length per task vs env steps (training rollouts)."""
+    """Mean reasoning length per task vs env steps: sampled stops in the training rollouts (left) and
+    the deterministic stop rule of the greedy evaluations (right), the one the success numbers use."""
     rows = read_metrics(run / "metrics.jsonl")
-    keys = sorted({k for r in rows for k in r if k.startswith("latent_len/")})
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for key in keys:
-        x, y = _series(rows, key)
-        ax.plot(x, y, marker=".", label=key.split("/", 1)[1])
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("mean latent length")
-    ax.grid(alpha=0.3)
-    if keys:
-        ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    panels = (
+        ("latent_len/", "training rollouts (sampled stop)"),
+        ("eval_latent_len/", "evaluation (greedy stop)"),
+    )
+    for ax, (prefix, title) in zip(axes, panels, strict=True):
+        keys = sorted({k for r in rows for k in r if k.startswith(prefix)})
+        for key in keys:
+            x, y = _series(rows, key)
+            ax.plot(x, y, marker=".", label=key.split("/", 1)[1])
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("environment steps")
+        ax.grid(alpha=0.3)
+        if keys:
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel("mean latent length")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -122,6 +141,20 @@ def cost_table(rl: Path) -> str:
     return "\n".join(lines)
 
 
+def _sampled_section(rl: Path) -> list[str]:
+    """Before/after of the sampled policy when the run evaluated it (``RLConfig.eval_sampled``)."""
+    files = sorted((rl / "evals").glob("sampled_*.json"))
+    if len(files) < 2:
+        return []
+    first, last = (json.loads(f.read_text()) for f in (files[0], files[-1]))
+    return [
+        "The sampled policy (the rollout temperatures; the policy RL optimises), same eval states:",
+        "",
+        success_table(first, last),
+        "",
+    ]
+
+
 def _link(path: str, base: Path) -> str:
     return os.path.relpath(Path(path).resolve(), base.resolve())
 
@@ -134,11 +167,12 @@ def write_run_report(
     algo: str,
     rl: Path | None = None,
     title: str = "",
+    setting: str = "",
 ) -> Path:
     """``report.md`` in ``run_dir``: curves, latent lengths, before/after table, video links, costs.
 
     ``rl`` is the RL run directory (default ``run_dir/rl``, the demo's layout; ``lastr1 report``
-    passes the RL run itself).
+    passes the RL run itself). ``setting`` is one sentence on the environment, shown under the title.
     """
     rl = rl if rl is not None else run_dir / "rl"
     curve = plot_learning_curve({algo: rl}, run_dir / "learning_curve.png")
@@ -147,17 +181,19 @@ def write_run_report(
         f"# lastr1 run report: {title or run_dir.name}",
         "",
         f"SFT warm-up, then `{algo}` RL; evaluation on the held-out `eval` "
-        "initial states with greedy actions and the deterministic stop rule.",
+        "initial states with greedy actions and the deterministic stop rule."
+        + (f" {setting}" if setting else ""),
         "",
         "## Success before and after RL (95 % Wilson intervals)",
         "",
         success_table(before, after),
         "",
+        *_sampled_section(rl),
         "## Learning curve",
         "",
         f"![learning curve]({curve.name})",
         "",
-        "## Reasoning length per task (training rollouts)",
+        "## Reasoning length per task (training rollouts and greedy evaluations)",
         "",
         f"![latent length]({latent.name})",
         "",

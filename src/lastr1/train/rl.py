@@ -59,6 +59,9 @@ class RLConfig:
     eval_every: int = 5  # iterations; 0 = only at the end
     eval_episodes_per_task: int = 10
     eval_at_start: bool = True  # evaluate the starting checkpoint as iteration 0 (the "before" number)
+    # also evaluate the sampled policy (the rollout temperatures; the one RL optimises) at every
+    # evaluation, to evals/sampled_XXXXX.json and the eval_sampled_* metrics
+    eval_sampled: bool = False
     eval_videos: bool = False  # write the first episode per task of every evaluation to evals/videos_<it>
     max_env_steps: int = 0  # stop once this many env steps were taken (0 = no budget)
     # step budget of a training rollout; 0 = the backend's (LIBERO: the reference's 240/320/320/576,
@@ -347,6 +350,14 @@ def _evaluate(
         **{f"eval_success/{k}": v["success_rate"] for k, v in res["per_task"].items()},
         **{f"eval_latent_len/{k}": v["mean_latent_len"] for k, v in res["per_task"].items()},
     }
+    if cfg.eval_sampled:
+        sampled = evaluate(
+            policy, env, cfg.eval_episodes_per_task, progress=cfg.progress, mode="sample", seed=cfg.seed
+        )
+        save_eval(sampled, out_dir / "evals" / f"sampled_{it:05d}.json")
+        row["eval_sampled_success"] = sampled["success_rate"]
+        row.update({f"eval_sampled_success/{k}": v["success_rate"] for k, v in sampled["per_task"].items()})
+        row["sec_eval"] = time.perf_counter() - t0
     logger.log(it, row)
     if cfg.progress:
         tqdm.write(f"eval @ iteration {it}:\n{format_table(res)}")
