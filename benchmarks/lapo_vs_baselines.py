@@ -37,6 +37,8 @@ from lastr1.train.metrics import read_metrics
 from lastr1.train.rl import RLConfig, train_rl
 
 ALGOS = ("lapo", "ppo_action", "grpo_action")
+# greedy: the reference protocol; sample: the stochastic policy RL optimises, at the rollout temperatures
+MODES = ("greedy", "sample")
 
 
 def _args() -> argparse.Namespace:
@@ -51,6 +53,9 @@ def _args() -> argparse.Namespace:
     p.add_argument("--num-envs", type=int, default=4)
     p.add_argument("--max-steps", type=int, default=200)
     p.add_argument("--image-size", type=int, default=64)
+    p.add_argument(
+        "--placement-scale", type=float, default=0.3, help="Meta-World placement ranges x this (demo: 0.3)"
+    )
     p.add_argument("--vector", default="async", choices=["sync", "async"])
     p.add_argument("--eval-episodes", type=int, default=10, help="per task, on the eval initial states")
     p.add_argument("--lr", type=float, default=1e-4)
@@ -61,6 +66,11 @@ def _args() -> argparse.Namespace:
         "--lr-warmup", type=int, default=0, help="optimizer updates over which the policy lr ramps up"
     )
     p.add_argument("--action-temperature", type=float, default=1.0)
+    p.add_argument(
+        "--detach-value",
+        action="store_true",
+        help="the value loss trains only the value head (RLConfig.value_trains_backbone=false)",
+    )
     p.add_argument(
         "--whiten-per-task",
         action="store_true",
@@ -91,19 +101,25 @@ def main() -> None:
         image_size=a.image_size,
         max_steps=a.max_steps,
         vector=a.vector,
+        placement_scale=a.placement_scale,
     )
-    before_path = out / "eval_before.json"
-    if before_path.is_file():
-        before = json.loads(before_path.read_text())
-    else:
-        with make_env(env_cfg) as env:
-            before = evaluate(
-                LastR1Policy.from_pretrained(a.checkpoint).eval(), env, a.eval_episodes, progress=True
-            )
-        save_eval(before, before_path)
-    print(f"SFT checkpoint: {before['success_rate']:.1%} over {before['episodes']} eval episodes")
+    stop_temperature = RLConfig.stop_temperature
+    befores: dict[str, dict[str, Any]] = {}
+    for mode in MODES:
+        path = out / f"eval_before_{mode}.json"
+        if not path.is_file():
+            policy = LastR1Policy.from_pretrained(a.checkpoint).eval()
+            # the sampled policy at the rollout temperatures, exactly as RL's own sampled evaluations
+            policy.config.action_temperature = a.action_temperature
+            policy.config.stop_temperature = stop_temperature
+            with make_env(env_cfg) as env:
+                save_eval(evaluate(policy, env, a.eval_episodes, mode=mode, seed=0), path)
+        befores[mode] = json.loads(path.read_text())
+        print(
+            f"SFT checkpoint, {mode}: {befores[mode]['success_rate']:.1%} over {befores[mode]['episodes']} eval episodes"
+        )
 
-    results: dict[str, list[dict[str, Any]]] = {}
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for algo in a.algos.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
             run = out / algo / f"seed{seed}"
@@ -121,38 +137,44 @@ def main() -> None:
                 critic_warmup=a.critic_warmup if algo != "grpo_action" else 0,
                 action_temperature=a.action_temperature,
                 lr_warmup_updates=a.lr_warmup,
+                value_trains_backbone=not a.detach_value,
                 eval_every=0,
                 eval_episodes_per_task=a.eval_episodes,
                 eval_at_start=False,
+                eval_sampled=True,
                 seed=seed,
                 progress=True,  # a bar per run: each takes minutes
             )
             t0 = time.perf_counter()
             state = train_rl(cfg)  # resumes a finished or killed run instead of redoing it
             wall = time.perf_counter() - t0
-            final_eval = sorted((run / "evals").glob("eval_*.json"))[-1]
-            after = json.loads(final_eval.read_text())
             rows = [r for r in read_metrics(run / "metrics.jsonl") if "train_success" in r]
-            record = {
-                "seed": seed,
-                "env_steps": state["env_steps"],
-                "wall_s": wall,
-                "train_latent_len_first": rows[0].get("latent_len_mean") if rows else None,
-                "train_latent_len_last": rows[-1].get("latent_len_mean") if rows else None,
-                **_summary(after),
-            }
-            results.setdefault(algo, []).append(record)
-            print(
-                f"{algo:12s} seed {seed}: {before['success_rate']:.1%} -> {after['success_rate']:.1%} "
-                f"({after['episodes']} episodes, {state['env_steps']} env steps, {wall:.0f} s)",
-                flush=True,
-            )
+            for mode, prefix in (("greedy", "eval_"), ("sample", "sampled_")):
+                after = json.loads(sorted((run / "evals").glob(f"{prefix}*.json"))[-1].read_text())
+                record = {
+                    "seed": seed,
+                    "env_steps": state["env_steps"],
+                    "wall_s": wall,
+                    "train_latent_len_first": rows[0].get("latent_len_mean") if rows else None,
+                    "train_latent_len_last": rows[-1].get("latent_len_mean") if rows else None,
+                    **_summary(after),
+                }
+                results.setdefault(mode, {}).setdefault(algo, []).append(record)
+                print(
+                    f"{algo:12s} seed {seed} {mode:6s}: {befores[mode]['success_rate']:.1%} -> "
+                    f"{after['success_rate']:.1%} ({after['episodes']} episodes, {state['env_steps']} env "
+                    f"steps, {wall:.0f} s)",
+                    flush=True,
+                )
 
-    (out / "results.json").write_text(json.dumps({"before": _summary(before), "runs": results}, indent=2))
+    summary = {"before": {m: _summary(b) for m, b in befores.items()}, "runs": results}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
     plot_learning_curve(
-        {f"{algo}/seed0": out / algo / "seed0" for algo in results}, out / "learning_curve.png"
+        {f"{algo}/seed0": out / algo / "seed0" for algo in results["greedy"]}, out / "learning_curve.png"
     )
-    _print_table(before, results)
+    for mode in MODES:
+        print(f"\n== {mode} evaluation ==")
+        _print_table(befores[mode], results[mode])
 
 
 def _print_table(before: dict[str, Any], results: dict[str, list[dict[str, Any]]]) -> None:

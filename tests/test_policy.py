@@ -237,3 +237,19 @@ def test_bad_inputs_raise_clear_errors() -> None:
         _config(k_max=3)
     no_proprio = _policy(use_proprio=False)
     assert no_proprio.act(_obs(proprio=5)).actions.shape == (B, 2, 7)  # proprio ignored when unused
+
+
+def test_detached_value_head_does_not_train_the_backbone() -> None:
+    """``value_detached`` (RLConfig.value_trains_backbone=false): the value loss reaches only the
+    value head; attached (the reference), it reaches the shared backbone too."""
+    policy = _policy()
+    out = policy.act(_obs(), mode="sample", generator=torch.Generator().manual_seed(0))
+    for detached in (False, True):
+        policy.zero_grad(set_to_none=True)
+        policy.value_detached = detached
+        policy.log_probs(PolicyBatch.from_act(out)).value.square().sum().backward()
+        head = [p.grad for p in policy.value_head.parameters()]
+        backbone = [p.grad for n, p in policy.named_parameters() if n.startswith("backbone.")]
+        assert all(g is not None and g.abs().sum() > 0 for g in head)
+        touched = any(g is not None and g.abs().sum() > 0 for g in backbone)
+        assert touched != detached

@@ -154,6 +154,8 @@ class LastR1Policy(nn.Module):
         self.stop_head = nn.Linear(d, 1) if cfg.k_max > 0 else None
         self.action_head = nn.Linear(d, cfg.num_bins)
         self.value_head = _mlp([d, *cfg.value_hidden, 1])
+        # a training-time switch (RLConfig.value_trains_backbone), not part of the saved config
+        self.value_detached = False
         self.latent_proj = nn.Linear(d, cfg.target_dim) if cfg.target_dim > 0 else None
         for module in (self.text_embed, self.action_token_embed):
             if module is not None:
@@ -233,6 +235,8 @@ class LastR1Policy(nn.Module):
 
     def _value(self, chain: torch.Tensor, latent_len: torch.Tensor) -> torch.Tensor:
         h = chain[torch.arange(chain.shape[0], device=chain.device), latent_len]
+        if self.value_detached:  # the critic reads the features but does not shape them
+            h = h.detach()
         return self.value_head(h).squeeze(-1)
 
     def _action_inputs(self, b: int, tokens: torch.Tensor | None) -> torch.Tensor:

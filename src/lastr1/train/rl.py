@@ -45,6 +45,10 @@ class RLConfig:
     epochs: int = 1
     lr: float = 3e-5
     value_lr: float = 3e-4
+    # the reference lets the value loss train the shared backbone; False detaches the value head's
+    # input so only the policy loss shapes the features (see docs/rl.md: on our small policy the value
+    # loss's gradient is ~100x the policy loss's and moved the action distributions)
+    value_trains_backbone: bool = True
     # first N iterations train only the value head (the rollouts still count): a freshly initialised
     # critic otherwise pushes large gradients through the shared backbone on the first updates
     critic_warmup: int = 0
@@ -236,6 +240,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     policy.config.stop_temperature = cfg.stop_temperature
     if cfg.latent_noise_std >= 0:
         policy.config.latent_noise_std = cfg.latent_noise_std
+    policy.value_detached = not cfg.value_trains_backbone
     policy.eval()
     opt = _optimizer(policy, cfg)
     state: dict[str, Any] = {"iteration": 0, "env_steps": 0, "last_eval": None}
