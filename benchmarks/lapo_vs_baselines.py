@@ -174,13 +174,14 @@ def main() -> None:
     )
     for mode in MODES:
         print(f"\n== {mode} evaluation ==")
-        _print_table(befores[mode], results[mode])
+        _print_table(befores[mode], results[mode], mode)
 
 
-def _print_table(before: dict[str, Any], results: dict[str, list[dict[str, Any]]]) -> None:
+def _print_table(before: dict[str, Any], results: dict[str, list[dict[str, Any]]], mode: str) -> None:
     n_eval = before["episodes"]
     print(
-        f"\nfrom one SFT checkpoint; greedy eval on {n_eval} eval episodes per run; mean [95% Student-t CI] over seeds"
+        f"\nfrom one SFT checkpoint; {mode} eval on {n_eval} eval episodes per run; mean [95% Student-t CI] "
+        "over seeds (wall s: this invocation's, near 0 for runs it resumed)"
     )
     head = f"{'algo':12s} {'seeds':>5s} {'before':>7s} {'after':>22s} {'Δ':>7s} {'latent len':>13s} "
     head += f"{'env steps':>10s} {'wall s':>7s}"
