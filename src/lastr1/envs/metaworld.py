@@ -22,6 +22,8 @@ Conventions (see ``docs/data_format.md`` for how they reach the demo files):
   function of its arguments. ``train`` and ``eval`` use disjoint seed streams, and a ``train`` state
   whose placement lies within :data:`MIN_TRAIN_EVAL_DISTANCE` of any ``eval`` state is skipped (the
   next seed of the same index is used), so the two sets are disjoint by construction.
+  ``cfg.placement_scale < 1`` shrinks every placement range about its centre (same seeds; see
+  :func:`_seeded_reset`).
 """
 
 from __future__ import annotations
