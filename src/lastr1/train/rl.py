@@ -46,8 +46,8 @@ class RLConfig:
     lr: float = 3e-5
     value_lr: float = 3e-4
     # the reference lets the value loss train the shared backbone; False detaches the value head's
-    # input so only the policy loss shapes the features (see docs/rl.md: on our small policy the value
-    # loss's gradient is ~100x the policy loss's and moved the action distributions)
+    # input so only the policy loss shapes the features (docs/rl.md: on our small policy the critic's
+    # backbone gradient is of the same order as the policy's)
     value_trains_backbone: bool = True
     # first N iterations train only the value head (the rollouts still count): a freshly initialised
     # critic otherwise pushes large gradients through the shared backbone on the first updates
