@@ -29,7 +29,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from lastr1.algos import AlgoConfig
 from lastr1.envs import EnvConfig, make_env
-from lastr1.eval.evaluate import evaluate, save_eval
+from lastr1.eval.evaluate import eval_files, evaluate, save_eval
 from lastr1.eval.report import plot_learning_curve
 from lastr1.eval.stats import t_interval
 from lastr1.models.policy import LastR1Policy
@@ -103,21 +103,19 @@ def main() -> None:
         vector=a.vector,
         placement_scale=a.placement_scale,
     )
-    stop_temperature = RLConfig.stop_temperature
-    befores: dict[str, dict[str, Any]] = {}
-    for mode in MODES:
-        path = out / f"eval_before_{mode}.json"
-        if not path.is_file():
-            policy = LastR1Policy.from_pretrained(a.checkpoint).eval()
-            # the sampled policy at the rollout temperatures, exactly as RL's own sampled evaluations
-            policy.config.action_temperature = a.action_temperature
-            policy.config.stop_temperature = stop_temperature
-            with make_env(env_cfg) as env:
-                save_eval(evaluate(policy, env, a.eval_episodes, mode=mode, seed=0), path)
-        befores[mode] = json.loads(path.read_text())
-        print(
-            f"SFT checkpoint, {mode}: {befores[mode]['success_rate']:.1%} over {befores[mode]['episodes']} eval episodes"
-        )
+    before_paths = {mode: out / f"eval_before_{mode}.json" for mode in MODES}
+    missing = [mode for mode, path in before_paths.items() if not path.is_file()]
+    if missing:
+        policy = LastR1Policy.from_pretrained(a.checkpoint).eval()
+        # the sampled policy at the rollout temperatures, exactly as RL's own sampled evaluations
+        policy.config.action_temperature = a.action_temperature
+        policy.config.stop_temperature = RLConfig.stop_temperature
+        with make_env(env_cfg) as env:
+            for mode in missing:
+                save_eval(evaluate(policy, env, a.eval_episodes, mode=mode, seed=0), before_paths[mode])
+    befores = {mode: json.loads(path.read_text()) for mode, path in before_paths.items()}
+    for mode, before in befores.items():
+        print(f"SFT checkpoint, {mode}: {before['success_rate']:.1%} over {before['episodes']} eval episodes")
 
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for algo in a.algos.split(","):
@@ -149,8 +147,8 @@ def main() -> None:
             state = train_rl(cfg)  # resumes a finished or killed run instead of redoing it
             wall = time.perf_counter() - t0
             rows = [r for r in read_metrics(run / "metrics.jsonl") if "train_success" in r]
-            for mode, prefix in (("greedy", "eval_"), ("sample", "sampled_")):
-                after = json.loads(sorted((run / "evals").glob(f"{prefix}*.json"))[-1].read_text())
+            for mode in MODES:
+                after = json.loads(eval_files(run, mode)[-1].read_text())
                 record = {
                     "seed": seed,
                     "env_steps": state["env_steps"],

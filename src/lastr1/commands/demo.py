@@ -19,7 +19,7 @@ from typing import Any, Literal
 from lastr1.algos import AlgoConfig
 from lastr1.commands import make_demos
 from lastr1.envs import EnvConfig
-from lastr1.eval.evaluate import format_table, save_eval
+from lastr1.eval.evaluate import eval_files, format_table, save_eval
 from lastr1.eval.report import write_run_report
 from lastr1.models.policy import PolicyConfig
 from lastr1.train.rl import RLConfig, train_rl
@@ -148,7 +148,7 @@ def run(cfg: Config) -> int:
     # "before" is the SFT checkpoint's evaluation at iteration 0, "after" the last one: the same
     # eval initial states, greedy actions, deterministic stop rule
     t = _stage("4/5 before/after on the eval initial states")
-    evals = sorted((run_dir / "rl" / "evals").glob("eval_*.json"))
+    evals = eval_files(run_dir / "rl")
     results = {"sft": _load(evals[0]), "rl": _load(evals[-1])}
     for label, res in results.items():
         save_eval(res, run_dir / f"eval_{label}.json")

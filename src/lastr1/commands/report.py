@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from lastr1.eval.evaluate import eval_files
 from lastr1.eval.report import write_run_report
 
 ALIASES = {"run": "run"}
@@ -29,7 +30,7 @@ def run(cfg: Config) -> int:
     rl = Path(cfg.run)
     if not (rl / "metrics.jsonl").is_file():
         raise ValueError(f"run={cfg.run!r} has no metrics.jsonl: is it the `out` directory of `lastr1 rl`?")
-    evals = sorted((rl / "evals").glob("eval_*.json"))
+    evals = eval_files(rl)
     if not evals:
         raise ValueError(f"run={cfg.run!r} has no evaluation yet (evals/eval_*.json); run `lastr1 rl` longer")
     algo = "rl"

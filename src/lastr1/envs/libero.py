@@ -10,9 +10,10 @@ Initial states (``reset(init_set, index)``):
 * ``train``: fresh states, sampled by LIBERO's own placement samplers (seeded ``env.reset()``, arm
   joint noise 0.02 like the benchmark's) in a separate render-less env with ``hard_reset=True``:
   a *soft* reset places objects that sit on a fixture (a bowl on the stove or in the cabinet) at
-  the fixture's offset added twice, ~1 m up, so they fall off the table. States are kept only if, for *every* eval state, some object is
-  farther from its eval position than the task's margin (:meth:`LiberoEnv.train_eval_margin`) --
-  disjoint by construction. Generated lazily in chunks, cached under ``<cache_dir>/libero/init_states``.
+  the fixture's offset added twice, ~1 m up, so they fall off the table. States are kept only if,
+  for *every* eval state, some object is farther from its eval position than the task's margin
+  (:meth:`LiberoEnv.train_eval_margin`) -- disjoint by construction. Generated lazily in chunks,
+  cached under ``<cache_dir>/libero/init_states``.
 
 Every reset first runs ``env.reset()`` under a seed derived from ``(task, set, index)`` (this also
 places the fixtures, whose poses are not part of the MuJoCo state), then sets the state, then runs
@@ -352,7 +353,7 @@ class LiberoEnv:
         self._set_cameras(self._rendering)
 
     def _set_cameras(self, enabled: bool) -> None:
-        """Skip rendering while nobody looks (settle steps, state sampling): ~90 ms a frame on CPU."""
+        """Skip rendering while nobody looks (settle steps, ``set_rendering(False)``): ~90 ms a frame."""
         for cam in self._cameras:
             self._env.env.modify_observable(f"{cam}_image", "enabled", enabled)
 

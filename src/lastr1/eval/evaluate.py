@@ -103,6 +103,20 @@ def evaluate(
     }
 
 
+# A run keeps its evaluations as evals/eval_XXXXX.json (greedy) and evals/sampled_XXXXX.json (sampled).
+_EVAL_FILE_STEM = {"greedy": "eval", "sample": "sampled"}
+
+
+def eval_file(run: str | Path, mode: str, iteration: int) -> Path:
+    """Where a run saves its ``mode`` evaluation of ``iteration``."""
+    return Path(run) / "evals" / f"{_EVAL_FILE_STEM[mode]}_{iteration:05d}.json"
+
+
+def eval_files(run: str | Path, mode: str = "greedy") -> list[Path]:
+    """A run's saved evaluations of one mode, oldest first."""
+    return sorted((Path(run) / "evals").glob(f"{_EVAL_FILE_STEM[mode]}_*.json"))
+
+
 def save_eval(result: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

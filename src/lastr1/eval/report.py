@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from lastr1.eval.evaluate import eval_files
 from lastr1.train.metrics import read_metrics
 
 
@@ -143,7 +144,7 @@ def cost_table(rl: Path) -> str:
 
 def _sampled_section(rl: Path) -> list[str]:
     """Before/after of the sampled policy when the run evaluated it (``RLConfig.eval_sampled``)."""
-    files = sorted((rl / "evals").glob("sampled_*.json"))
+    files = eval_files(rl, "sample")
     if len(files) < 2:
         return []
     first, last = (json.loads(f.read_text()) for f in (files[0], files[-1]))

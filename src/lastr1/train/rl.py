@@ -22,7 +22,7 @@ from lastr1.config import save_config
 from lastr1.envs import EnvConfig, EpisodeSpec, make_env
 from lastr1.envs.base import VectorEnv
 from lastr1.envs.suites import rollout_max_steps
-from lastr1.eval.evaluate import evaluate, format_table, save_eval
+from lastr1.eval.evaluate import eval_file, evaluate, format_table, save_eval
 from lastr1.models.policy import LastR1Policy
 from lastr1.models.policy_io import ActionOutput, PolicyBatch
 from lastr1.rollout.collector import Rollout, collect, merge_rollouts
@@ -345,7 +345,7 @@ def _evaluate(
     t0 = time.perf_counter()
     videos = out_dir / "evals" / f"videos_{it:05d}" if cfg.eval_videos else None
     res = evaluate(policy, env, cfg.eval_episodes_per_task, progress=cfg.progress, videos_dir=videos)
-    save_eval(res, out_dir / "evals" / f"eval_{it:05d}.json")
+    save_eval(res, eval_file(out_dir, "greedy", it))
     row = {
         "env_steps": state["env_steps"],
         "eval_success": res["success_rate"],
@@ -359,7 +359,7 @@ def _evaluate(
         sampled = evaluate(
             policy, env, cfg.eval_episodes_per_task, progress=cfg.progress, mode="sample", seed=cfg.seed
         )
-        save_eval(sampled, out_dir / "evals" / f"sampled_{it:05d}.json")
+        save_eval(sampled, eval_file(out_dir, "sample", it))
         row["eval_sampled_success"] = sampled["success_rate"]
         row.update({f"eval_sampled_success/{k}": v["success_rate"] for k, v in sampled["per_task"].items()})
         row["sec_eval"] = time.perf_counter() - t0
