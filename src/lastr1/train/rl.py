@@ -45,6 +45,10 @@ class RLConfig:
     epochs: int = 1
     lr: float = 3e-5
     value_lr: float = 3e-4
+    # learning rate of the stop head (the <latent_end> scorer); 0 = lr, the reference's single policy
+    # lr. The stop is one 4-way choice per decision: its policy gradient is far less noisy than the
+    # 56 action tokens' (docs/rl.md, gradient agreement), so it can take larger steps safely
+    stop_lr: float = 0.0
     # the reference lets the value loss train the shared backbone; False detaches the value head's
     # input so only the policy loss shapes the features (docs/rl.md: on our small policy the critic's
     # backbone gradient is of the same order as the policy's)
@@ -90,6 +94,8 @@ class RLConfig:
             raise ValueError(f"rollout_max_steps={self.rollout_max_steps} must be >= 0 (0 = the backend's)")
         if self.lr_warmup_updates < 0:
             raise ValueError(f"lr_warmup_updates={self.lr_warmup_updates} must be >= 0 (0 = no warm-up)")
+        if self.stop_lr < 0:
+            raise ValueError(f"stop_lr={self.stop_lr} must be >= 0 (0 = the policy lr)")
 
 
 def _train_episodes(cfg: RLConfig, env: VectorEnv, iteration: int) -> tuple[list[EpisodeSpec], list[int]]:
@@ -137,11 +143,17 @@ def _index_terms(t: OldTerms, idx: torch.Tensor) -> OldTerms:
 
 
 def _optimizer(policy: LastR1Policy, cfg: RLConfig) -> torch.optim.Optimizer:
+    """AdamW with three parameter groups: 0 the policy, 1 the value head, 2 the stop head."""
     value_params = list(policy.value_head.parameters())
-    ids = {id(p) for p in value_params}
+    stop_params = list(policy.stop_head.parameters()) if policy.stop_head is not None else []
+    ids = {id(p) for p in value_params + stop_params}
     main = [p for p in policy.parameters() if id(p) not in ids and p.requires_grad]
     return torch.optim.AdamW(
-        [{"params": main, "lr": cfg.lr}, {"params": value_params, "lr": cfg.value_lr}],
+        [
+            {"params": main, "lr": cfg.lr},
+            {"params": value_params, "lr": cfg.value_lr},
+            {"params": stop_params, "lr": cfg.stop_lr or cfg.lr},
+        ],
         weight_decay=cfg.weight_decay,
     )
 
@@ -181,12 +193,15 @@ def _update(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if it <= cfg.critic_warmup:
-                for p in opt.param_groups[0]["params"]:  # group 0: everything but the value head
-                    p.grad = None  # AdamW skips parameters without a gradient
+                for group in (opt.param_groups[0], opt.param_groups[2]):  # all but the value head
+                    for p in group["params"]:
+                        p.grad = None  # AdamW skips parameters without a gradient
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             if not torch.isfinite(grad_norm):
                 raise FloatingPointError("non-finite gradient norm in the update")
-            opt.param_groups[0]["lr"] = cfg.lr * _warmup_factor(opt, cfg.lr_warmup_updates)
+            ramp = _warmup_factor(opt, cfg.lr_warmup_updates)
+            opt.param_groups[0]["lr"] = cfg.lr * ramp
+            opt.param_groups[2]["lr"] = (cfg.stop_lr or cfg.lr) * ramp
             opt.step()
             metrics["grad_norm"] = float(grad_norm)
             for k, v in metrics.items():
