@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from tqdm import tqdm
 
 from lastr1.algos import AlgoConfig
 from lastr1.envs import EnvConfig, make_env
@@ -48,7 +52,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--algos", default=",".join(ALGOS))
     p.add_argument("--iterations", type=int, default=10)
-    p.add_argument("--rollouts-per-iter", type=int, default=16)
+    p.add_argument("--rollouts-per-iter", type=int, default=64)
     p.add_argument("--group-size", type=int, default=2, help="rollouts per initial state for grpo_action")
     p.add_argument("--num-envs", type=int, default=4)
     p.add_argument("--max-steps", type=int, default=200)
@@ -67,9 +71,13 @@ def _args() -> argparse.Namespace:
     )
     p.add_argument("--action-temperature", type=float, default=1.0)
     p.add_argument(
-        "--detach-value",
+        "--attach-value",
         action="store_true",
-        help="the value loss trains only the value head (RLConfig.value_trains_backbone=false)",
+        help="let the value loss train the shared backbone (the reference; RLConfig.value_trains_backbone)",
+    )
+    p.add_argument("--stop-lr", type=float, default=0.0, help="stop-head lr (RLConfig.stop_lr; 0 = --lr)")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="runs in parallel worker processes (use --vector sync with > 1)"
     )
     p.add_argument(
         "--whiten-per-task",
@@ -88,6 +96,50 @@ def _summary(res: dict[str, Any]) -> dict[str, Any]:
         "per_task": {k: v["success_rate"] for k, v in res["per_task"].items()},
         "latent_len_per_task": {k: v["mean_latent_len"] for k, v in res["per_task"].items()},
     }
+
+
+def _run(a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progress: bool) -> dict[str, Any]:
+    """One (algorithm, seed) run from the shared checkpoint; its greedy and sampled results."""
+    run = Path(a.out) / algo / f"seed{seed}"
+    cfg = RLConfig(
+        env=env_cfg,
+        algo=AlgoConfig(name=algo, whiten_per_task=a.whiten_per_task),
+        checkpoint=a.checkpoint,
+        out=str(run),
+        iterations=a.iterations,
+        rollouts_per_iter=a.rollouts_per_iter,
+        group_size=a.group_size if algo == "grpo_action" else 1,
+        lr=a.lr,
+        stop_lr=a.stop_lr,
+        epochs=a.epochs,
+        minibatches=a.minibatches,
+        critic_warmup=a.critic_warmup if algo != "grpo_action" else 0,
+        action_temperature=a.action_temperature,
+        lr_warmup_updates=a.lr_warmup,
+        value_trains_backbone=not a.attach_value,
+        eval_every=0,
+        eval_episodes_per_task=a.eval_episodes,
+        eval_at_start=False,
+        eval_sampled=True,
+        seed=seed,
+        progress=progress,  # a bar per run when runs are sequential: each takes minutes
+    )
+    t0 = time.perf_counter()
+    state = train_rl(cfg)  # resumes a finished or killed run instead of redoing it
+    wall = time.perf_counter() - t0
+    rows = [r for r in read_metrics(run / "metrics.jsonl") if "train_success" in r]
+    records = {}
+    for mode in MODES:
+        after = json.loads(eval_files(run, mode)[-1].read_text())
+        records[mode] = {
+            "seed": seed,
+            "env_steps": state["env_steps"],
+            "wall_s": wall,
+            "train_latent_len_first": rows[0].get("latent_len_mean") if rows else None,
+            "train_latent_len_last": rows[-1].get("latent_len_mean") if rows else None,
+            **_summary(after),
+        }
+    return records
 
 
 def main() -> None:
@@ -118,52 +170,23 @@ def main() -> None:
         print(f"SFT checkpoint, {mode}: {before['success_rate']:.1%} over {before['episodes']} eval episodes")
 
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for algo in a.algos.split(","):
-        for seed in (int(s) for s in a.seeds.split(",")):
-            run = out / algo / f"seed{seed}"
-            cfg = RLConfig(
-                env=env_cfg,
-                algo=AlgoConfig(name=algo, whiten_per_task=a.whiten_per_task),
-                checkpoint=a.checkpoint,
-                out=str(run),
-                iterations=a.iterations,
-                rollouts_per_iter=a.rollouts_per_iter,
-                group_size=a.group_size if algo == "grpo_action" else 1,
-                lr=a.lr,
-                epochs=a.epochs,
-                minibatches=a.minibatches,
-                critic_warmup=a.critic_warmup if algo != "grpo_action" else 0,
-                action_temperature=a.action_temperature,
-                lr_warmup_updates=a.lr_warmup,
-                value_trains_backbone=not a.detach_value,
-                eval_every=0,
-                eval_episodes_per_task=a.eval_episodes,
-                eval_at_start=False,
-                eval_sampled=True,
-                seed=seed,
-                progress=True,  # a bar per run: each takes minutes
+    jobs = [(algo, int(seed)) for algo in a.algos.split(",") for seed in a.seeds.split(",")]
+    if a.jobs > 1:  # one run per worker process; each run is single-threaded (torch and its env)
+        ctx = multiprocessing.get_context("spawn")  # rendering envs hang after fork (MACHINE_FACTS)
+        with ProcessPoolExecutor(a.jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(_run, a, env_cfg, algo, seed, False) for algo, seed in jobs]
+            done = [f.result() for f in tqdm(futures, desc="runs", unit="run")]
+    else:
+        done = [_run(a, env_cfg, algo, seed, True) for algo, seed in jobs]
+    for (algo, _), records in zip(jobs, done, strict=True):
+        for mode, record in records.items():
+            results.setdefault(mode, {}).setdefault(algo, []).append(record)
+            print(
+                f"{algo:12s} seed {record['seed']} {mode:6s}: {befores[mode]['success_rate']:.1%} -> "
+                f"{record['success']:.1%} ({record['episodes']} episodes, {record['env_steps']} env "
+                f"steps, {record['wall_s']:.0f} s)",
+                flush=True,
             )
-            t0 = time.perf_counter()
-            state = train_rl(cfg)  # resumes a finished or killed run instead of redoing it
-            wall = time.perf_counter() - t0
-            rows = [r for r in read_metrics(run / "metrics.jsonl") if "train_success" in r]
-            for mode in MODES:
-                after = json.loads(eval_files(run, mode)[-1].read_text())
-                record = {
-                    "seed": seed,
-                    "env_steps": state["env_steps"],
-                    "wall_s": wall,
-                    "train_latent_len_first": rows[0].get("latent_len_mean") if rows else None,
-                    "train_latent_len_last": rows[-1].get("latent_len_mean") if rows else None,
-                    **_summary(after),
-                }
-                results.setdefault(mode, {}).setdefault(algo, []).append(record)
-                print(
-                    f"{algo:12s} seed {seed} {mode:6s}: {befores[mode]['success_rate']:.1%} -> "
-                    f"{after['success_rate']:.1%} ({after['episodes']} episodes, {state['env_steps']} env "
-                    f"steps, {wall:.0f} s)",
-                    flush=True,
-                )
 
     summary = {"before": {m: _summary(b) for m, b in befores.items()}, "runs": results}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
