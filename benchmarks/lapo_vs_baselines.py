@@ -76,6 +76,7 @@ def _args() -> argparse.Namespace:
         help="let the value loss train the shared backbone (the reference; RLConfig.value_trains_backbone)",
     )
     p.add_argument("--stop-lr", type=float, default=0.0, help="stop-head lr (RLConfig.stop_lr; 0 = --lr)")
+    p.add_argument("--kl-coef", type=float, default=0.0, help="KL to the starting policy (algo.kl_coef)")
     p.add_argument(
         "--jobs", type=int, default=1, help="runs in parallel worker processes (use --vector sync with > 1)"
     )
@@ -103,7 +104,7 @@ def _run(a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progre
     run = Path(a.out) / algo / f"seed{seed}"
     cfg = RLConfig(
         env=env_cfg,
-        algo=AlgoConfig(name=algo, whiten_per_task=a.whiten_per_task),
+        algo=AlgoConfig(name=algo, whiten_per_task=a.whiten_per_task, kl_coef=a.kl_coef),
         checkpoint=a.checkpoint,
         out=str(run),
         iterations=a.iterations,

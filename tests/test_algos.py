@@ -136,7 +136,9 @@ def test_lapo_loss_and_gradients_match_float64_reference(sigma):
         ref, [new64.logp_action_tokens, new64.logp_stop, new64.latent_mu, new64.values]
     )
 
-    to32 = lambda x: x.detach().float().requires_grad_(x.requires_grad)  # noqa: E731
+    def to32(x):
+        return None if x is None else x.detach().float().requires_grad_(x.requires_grad)
+
     new32 = NewTerms(*(to32(getattr(new64, f)) for f in NewTerms.__dataclass_fields__))
     old32 = OldTerms(
         *(
@@ -207,3 +209,45 @@ def test_unknown_algorithm_and_bad_config():
         get_algorithm("sac")
     with pytest.raises(ValueError, match="latent_sigma"):
         AlgoConfig(latent_sigma=0)
+
+
+def test_token_kl_matches_float64_and_pulls_toward_the_anchor():
+    from lastr1.algos.losses import token_kl
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    ref_logits = torch.randn(3, 5, 7, generator=gen, dtype=torch.float64)
+    logp, logp_ref = torch.log_softmax(logits, -1), torch.log_softmax(ref_logits, -1)
+    by_hand = torch.stack(
+        [
+            torch.stack(
+                [
+                    sum(logp[b, t].exp()[k] * (logp[b, t, k] - logp_ref[b, t, k]) for k in range(7))
+                    for t in range(5)
+                ]
+            ).mean()
+            for b in range(3)
+        ]
+    )
+    kl = token_kl(logp, logp_ref)
+    torch.testing.assert_close(kl, by_hand)
+    assert (kl > 0).all()
+    assert token_kl(logp_ref, logp_ref).abs().max() < 1e-12  # zero at the anchor
+    # a gradient step on the KL moves the distribution toward the anchor
+    (grad,) = torch.autograd.grad(kl.sum(), logits)
+    stepped = token_kl(torch.log_softmax(logits - 0.1 * grad, -1), logp_ref)
+    assert (stepped < kl).all()
+
+
+def test_kl_coef_adds_the_anchor_term_and_needs_it():
+    cfg = AlgoConfig(kl_coef=0.5)
+    new, old = _terms()
+    with pytest.raises(ValueError, match="kl_ref"):
+        get_algorithm("ppo_action").loss(new, old, cfg)
+    new.kl_ref = torch.full_like(new.values, 0.2)
+    with_kl, metrics = get_algorithm("ppo_action").loss(new, old, cfg)
+    without, _ = get_algorithm("ppo_action").loss(new, old, AlgoConfig())
+    assert with_kl.item() == pytest.approx(without.item() + 0.5 * 0.2)
+    assert metrics["kl_ref"] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="kl_coef"):
+        AlgoConfig(kl_coef=-1.0)

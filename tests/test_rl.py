@@ -375,3 +375,25 @@ def test_lapo_update_learns_a_rewarded_reasoning_length(toy_sft_checkpoint):
     assert gains[("lapo", 1e-2)] > 0.03, gains
     assert gains[("lapo", 1e-2)] > 10 * abs(gains[("lapo", 0.0)]), gains
     assert abs(gains[("ppo_action", 1e-2)]) < 0.005, gains
+
+
+def test_kl_anchor_is_the_starting_policy(toy_sft_checkpoint, tmp_path, monkeypatch):
+    """With algo.kl_coef > 0 every update logs the KL to the checkpoint RL started from: zero
+    before the first step, positive once the policy has moved."""
+    calls = []
+    real_update = rl._update
+
+    def spy(policy, opt, cfg, old, out, it, anchor=None):
+        assert anchor is not None and not any(p.requires_grad for p in anchor.parameters())
+        start = LastR1Policy.from_pretrained(toy_sft_checkpoint).state_dict()
+        calls.append(all(torch.equal(v, anchor.state_dict()[k]) for k, v in start.items()))
+        return real_update(policy, opt, cfg, old, out, it, anchor)
+
+    monkeypatch.setattr(rl, "_update", spy)
+    cfg = _cfg(toy_sft_checkpoint, tmp_path, iterations=2, eval_every=0, minibatches=1)
+    cfg.algo.kl_coef = 0.1
+    train_rl(cfg)
+    rows = _train_rows(tmp_path)
+    assert calls == [True, True]  # the anchor stays the starting checkpoint
+    assert rows[0]["kl_ref"] == pytest.approx(0.0, abs=1e-6)  # one minibatch: scored before any step
+    assert rows[1]["kl_ref"] > 1e-6

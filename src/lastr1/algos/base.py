@@ -33,6 +33,9 @@ class AlgoConfig:
     value_coef: float = 1.0
     value_clip: float = 0.5
     entropy_coef: float = 0.0
+    # KL(π_θ ‖ π_start) per action token, π_start the checkpoint RL started from; 0 = the reference
+    # (no KL). An anchor where the policy gradient carries little signal (docs/rl.md)
+    kl_coef: float = 0.0
     success_reward: float = 5.0
 
     def __post_init__(self) -> None:
@@ -42,6 +45,8 @@ class AlgoConfig:
             raise ValueError(f"algo.latent_sigma={self.latent_sigma} must be > 0 (reference: 10)")
         if not 0 < self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ValueError("algo.gamma must be in (0, 1] and algo.lam in [0, 1]")
+        if self.kl_coef < 0:
+            raise ValueError(f"algo.kl_coef={self.kl_coef} must be >= 0 (0 = no KL, the reference)")
 
 
 @dataclass
@@ -66,6 +71,7 @@ class NewTerms:
     latent_mu: torch.Tensor  # (B, K, D)
     values: torch.Tensor  # (B,)
     entropy: torch.Tensor  # (B,) mean per-token action entropy
+    kl_ref: torch.Tensor | None = None  # (B,) mean per-token KL to the starting policy (kl_coef > 0)
 
 
 class Algorithm(Protocol):

@@ -35,6 +35,14 @@ def action_token_loss(new: NewTerms, old: OldTerms, cfg: AlgoConfig) -> tuple[to
     return per_token.mean(dim=1), metrics
 
 
+def token_kl(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
+    """``KL(p ‖ p_ref) = Σ_k p_k (log p_k − log p_ref,k)`` per token, averaged over tokens -> ``(B,)``.
+
+    Exact over the bins (no sampled estimator), so its gradient pulls every bin toward the anchor.
+    """
+    return (logp.exp() * (logp - logp_ref)).sum(-1).mean(-1)
+
+
 def combine(
     policy: torch.Tensor,
     new: NewTerms,
@@ -44,9 +52,15 @@ def combine(
     *,
     with_value: bool,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``policy (+ c_v · value loss) − c_H · entropy`` and the metrics every algorithm logs."""
+    """``policy (+ c_v · value loss) − c_H · entropy (+ β · KL to the start)`` and the metrics."""
     entropy = new.entropy.mean()
     total = policy - cfg.entropy_coef * entropy
+    if cfg.kl_coef > 0:
+        if new.kl_ref is None:
+            raise ValueError("algo.kl_coef > 0 needs NewTerms.kl_ref (the trainer computes it)")
+        kl = new.kl_ref.mean()
+        total = total + cfg.kl_coef * kl
+        metrics["kl_ref"] = kl.item()
     if with_value:
         v_loss = value_loss(new, old, cfg)
         total = total + cfg.value_coef * v_loss

@@ -395,6 +395,7 @@ class LastR1Policy(nn.Module):
             value=self._value(chain, latent_len),
             entropy=entropy,
             stop_logits=stop_logits,
+            action_logp_all=logp_all,
         )
 
     def stop_target(self, latent_len: torch.Tensor) -> torch.Tensor:

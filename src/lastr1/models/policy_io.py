@@ -136,6 +136,7 @@ class LogProbs(_TensorData):
     value: torch.Tensor  # (B,)
     entropy: torch.Tensor  # (B,): mean per-token entropy of the tempered action distribution
     stop_logits: torch.Tensor  # (B, num_candidates)
+    action_logp_all: torch.Tensor  # (B, C*A, num_bins): the tempered log-distribution of every token
 
 
 @dataclass

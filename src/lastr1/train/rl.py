@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from lastr1.algos import AlgoConfig, NewTerms, OldTerms, gae, get_algorithm, grpo, whiten
+from lastr1.algos.losses import token_kl
 from lastr1.config import save_config
 from lastr1.envs import EnvConfig, EpisodeSpec, make_env
 from lastr1.envs.base import VectorEnv
@@ -169,12 +170,19 @@ def _warmup_factor(opt: torch.optim.Optimizer, warmup: int) -> float:
 
 
 def _update(
-    policy: LastR1Policy, opt: torch.optim.Optimizer, cfg: RLConfig, old: OldTerms, out: ActionOutput, it: int
+    policy: LastR1Policy,
+    opt: torch.optim.Optimizer,
+    cfg: RLConfig,
+    old: OldTerms,
+    out: ActionOutput,
+    it: int,
+    anchor: LastR1Policy | None = None,
 ) -> dict[str, float]:
     """K epochs of minibatch updates; raises FloatingPointError on a non-finite loss or gradient norm.
 
-    The bad minibatch is not applied, but earlier minibatches of this call already were: the caller
-    must roll the policy back to its last good weights.
+    ``anchor`` (the frozen starting policy) is needed when ``algo.kl_coef > 0``. The bad minibatch
+    is not applied, but earlier minibatches of this call already were: the caller must roll the
+    policy back to its last good weights.
     """
     algo = get_algorithm(cfg.algo.name)
     n = old.advantages.shape[0]
@@ -185,8 +193,14 @@ def _update(
     for _ in range(cfg.epochs):
         perm = torch.randperm(n, generator=gen)
         for mb in perm.chunk(min(cfg.minibatches, n)):
-            lp = policy.log_probs(PolicyBatch.from_act(out.index(mb)))
-            new = NewTerms(lp.logp_tokens, lp.logp_stop, lp.mu, lp.value, lp.entropy)
+            batch = PolicyBatch.from_act(out.index(mb))
+            lp = policy.log_probs(batch)
+            kl_ref = None
+            if anchor is not None:
+                with torch.no_grad():
+                    ref_logp = anchor.log_probs(batch).action_logp_all
+                kl_ref = token_kl(lp.action_logp_all, ref_logp)
+            new = NewTerms(lp.logp_tokens, lp.logp_stop, lp.mu, lp.value, lp.entropy, kl_ref)
             loss, metrics = algo.loss(new, _index_terms(old, mb), cfg.algo)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss ({loss.item()}) in the {cfg.algo.name} update")
@@ -257,6 +271,11 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
         policy.config.latent_noise_std = cfg.latent_noise_std
     policy.value_detached = not cfg.value_trains_backbone
     policy.eval()
+    anchor = None
+    if cfg.algo.kl_coef > 0:  # the KL anchor is the policy RL started from, also after a resume
+        if not cfg.checkpoint:
+            raise ValueError("algo.kl_coef > 0: give checkpoint=, the starting policy the KL anchors to")
+        anchor = LastR1Policy.from_pretrained(cfg.checkpoint).eval().requires_grad_(False)
     opt = _optimizer(policy, cfg)
     state: dict[str, Any] = {"iteration": 0, "env_steps": 0, "last_eval": None}
     if latest is not None:
@@ -307,7 +326,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             old = _old_terms(roll, adv, ret)
             t1 = time.perf_counter()
             try:
-                upd = _update(policy, opt, cfg, old, roll.out, it)
+                upd = _update(policy, opt, cfg, old, roll.out, it, anchor)
             except FloatingPointError as exc:
                 good = mgr.latest()
                 where = good.name if good else "none yet"
