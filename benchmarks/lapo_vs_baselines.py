@@ -4,7 +4,8 @@ Why: "LAPO beats action-only RL" is the paper's central claim; here it is a meas
 seeds, with the episodes counted, never one lucky run. Every algorithm starts from the same SFT
 checkpoint, collects the same number of rollouts per iteration for the same number of iterations
 (so the same env-step budget, give or take early successes), and is evaluated greedily on the same
-``eval`` initial states. The "before" number is that checkpoint's evaluation, measured once.
+``eval`` initial states. The "before" number is that checkpoint's evaluation: greedy once, sampled
+once per seed with the run's sampling seed, so each Δ is a paired difference.
 
     MUJOCO_GL=egl PYTHONPATH=src python benchmarks/lapo_vs_baselines.py \\
         --checkpoint runs/demo-default/sft/final --tasks reach-v3,drawer-open-v3 --seeds 0,1,2
@@ -156,22 +157,16 @@ def main() -> None:
         vector=a.vector,
         placement_scale=a.placement_scale,
     )
-    before_paths = {mode: out / f"eval_before_{mode}.json" for mode in MODES}
-    missing = [mode for mode, path in before_paths.items() if not path.is_file()]
-    if missing:
-        policy = LastR1Policy.from_pretrained(a.checkpoint).eval()
-        # the sampled policy at the rollout temperatures, exactly as RL's own sampled evaluations
-        policy.config.action_temperature = a.action_temperature
-        policy.config.stop_temperature = RLConfig.stop_temperature
-        with make_env(env_cfg) as env:
-            for mode in missing:
-                save_eval(evaluate(policy, env, a.eval_episodes, mode=mode, seed=0), before_paths[mode])
-    befores = {mode: json.loads(path.read_text()) for mode, path in before_paths.items()}
-    for mode, before in befores.items():
-        print(f"SFT checkpoint, {mode}: {before['success_rate']:.1%} over {before['episodes']} eval episodes")
+    seeds = [int(k) for k in a.seeds.split(",")]
+    befores = _befores(a, env_cfg, out, seeds)
+    for mode, per_seed in befores.items():
+        rates = ", ".join(f"{per_seed[k]['success_rate']:.1%}" for k in seeds)
+        print(
+            f"SFT checkpoint, {mode}: {rates} (seeds {a.seeds}) over {per_seed[seeds[0]]['episodes']} eval episodes"
+        )
 
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    jobs = [(algo, int(seed)) for algo in a.algos.split(",") for seed in a.seeds.split(",")]
+    jobs = [(algo, seed) for algo in a.algos.split(",") for seed in seeds]
     if a.jobs > 1:  # one run per worker process; each run is single-threaded (torch and its env)
         ctx = multiprocessing.get_context("spawn")  # rendering envs hang after fork (MACHINE_FACTS)
         with ProcessPoolExecutor(a.jobs, mp_context=ctx) as pool:
@@ -181,47 +176,84 @@ def main() -> None:
         done = [_run(a, env_cfg, algo, seed, True) for algo, seed in jobs]
     for (algo, _), records in zip(jobs, done, strict=True):
         for mode, record in records.items():
+            record["before"] = befores[mode][record["seed"]]["success_rate"]
             results.setdefault(mode, {}).setdefault(algo, []).append(record)
             print(
-                f"{algo:12s} seed {record['seed']} {mode:6s}: {befores[mode]['success_rate']:.1%} -> "
+                f"{algo:12s} seed {record['seed']} {mode:6s}: {record['before']:.1%} -> "
                 f"{record['success']:.1%} ({record['episodes']} episodes, {record['env_steps']} env "
                 f"steps, {record['wall_s']:.0f} s)",
                 flush=True,
             )
 
-    summary = {"before": {m: _summary(b) for m, b in befores.items()}, "runs": results}
+    summary = {
+        "before": {m: {str(k): _summary(b) for k, b in per_seed.items()} for m, per_seed in befores.items()},
+        "runs": results,
+    }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     plot_learning_curve(
         {f"{algo}/seed0": out / algo / "seed0" for algo in results["greedy"]}, out / "learning_curve.png"
     )
     for mode in MODES:
         print(f"\n== {mode} evaluation ==")
-        _print_table(befores[mode], results[mode], mode)
+        _print_table(list(befores[mode].values()), results[mode], mode)
 
 
-def _print_table(before: dict[str, Any], results: dict[str, list[dict[str, Any]]], mode: str) -> None:
-    n_eval = before["episodes"]
+def _befores(
+    a: argparse.Namespace, env_cfg: EnvConfig, out: Path, seeds: list[int]
+) -> dict[str, dict[int, dict[str, Any]]]:
+    """The SFT checkpoint's evaluations: greedy once (deterministic), sampled once per run seed.
+
+    A run with seed k draws its sampled evaluation from a generator seeded k, so its "before" is the
+    SFT policy sampled with the same seed: Δ is then a paired difference.
+    """
+    paths = {("greedy", k): out / "eval_before_greedy.json" for k in seeds}
+    paths |= {("sample", k): out / f"eval_before_sample_seed{k}.json" for k in seeds}
+    missing = sorted({key for key, path in paths.items() if not path.is_file()})
+    if missing:
+        policy = LastR1Policy.from_pretrained(a.checkpoint).eval()
+        # the sampled policy at the rollout temperatures, exactly as RL's own sampled evaluations
+        policy.config.action_temperature = a.action_temperature
+        policy.config.stop_temperature = RLConfig.stop_temperature
+        with make_env(env_cfg) as env:
+            for mode, k in missing:
+                if not paths[(mode, k)].is_file():
+                    res = evaluate(policy, env, a.eval_episodes, mode=mode, seed=k)
+                    save_eval(res, paths[(mode, k)])
+    befores: dict[str, dict[int, dict[str, Any]]] = {}
+    for (mode, k), path in paths.items():
+        befores.setdefault(mode, {})[k] = json.loads(path.read_text())
+    return befores
+
+
+def _print_table(befores: list[dict[str, Any]], results: dict[str, list[dict[str, Any]]], mode: str) -> None:
+    n_eval = befores[0]["episodes"]
+    before_rate = sum(b["success_rate"] for b in befores) / len(befores)
+    before_len = sum(b["mean_latent_len"] for b in befores) / len(befores)
     print(
-        f"\nfrom one SFT checkpoint; {mode} eval on {n_eval} eval episodes per run; mean [95% Student-t CI] "
-        "over seeds (wall s: this invocation's, near 0 for runs it resumed)"
+        f"\nfrom one SFT checkpoint; {mode} eval on {n_eval} eval episodes per run; before: the SFT policy "
+        f"({'mean over the same sampling seeds' if mode == 'sample' else 'deterministic'}); mean [95% "
+        "Student-t CI] over seeds; Δ paired per seed (wall s: this invocation's, near 0 for resumed runs)"
     )
-    head = f"{'algo':12s} {'seeds':>5s} {'before':>7s} {'after':>22s} {'Δ':>7s} {'latent len':>13s} "
+    head = f"{'algo':12s} {'seeds':>5s} {'before':>7s} {'after':>22s} {'Δ paired':>22s} {'latent len':>13s} "
     head += f"{'env steps':>10s} {'wall s':>7s}"
     print(head)
     for algo, runs in results.items():
         mean, half = t_interval([r["success"] for r in runs])
+        delta, d_half = t_interval([r["success"] - r["before"] for r in runs])
         lat = sum(r["latent_len"] for r in runs) / len(runs)
         steps = sum(r["env_steps"] for r in runs) / len(runs)
         wall = sum(r["wall_s"] for r in runs) / len(runs)
         print(
-            f"{algo:12s} {len(runs):5d} {before['success_rate']:7.1%} "
-            f"{mean:8.1%} [{mean - half:5.1%}, {mean + half:5.1%}] {mean - before['success_rate']:+7.1%} "
-            f"{before['mean_latent_len']:5.2f} → {lat:4.2f} {steps:10.0f} {wall:7.0f}"
+            f"{algo:12s} {len(runs):5d} {before_rate:7.1%} "
+            f"{mean:8.1%} [{mean - half:5.1%}, {mean + half:5.1%}] "
+            f"{delta:+7.1%} [{delta - d_half:+5.1%}, {delta + d_half:+5.1%}] "
+            f"{before_len:5.2f} → {lat:4.2f} {steps:10.0f} {wall:7.0f}"
         )
-    tasks = list(before["per_task"])
+    tasks = list(befores[0]["per_task"])
     print("\nper task (mean over seeds)")
     print(f"{'algo':12s} " + " ".join(f"{t[:18]:>18s}" for t in tasks))
-    print(f"{'SFT':12s} " + " ".join(f"{before['per_task'][t]['success_rate']:18.1%}" for t in tasks))
+    sft = [sum(b["per_task"][t]["success_rate"] for b in befores) / len(befores) for t in tasks]
+    print(f"{'SFT':12s} " + " ".join(f"{c:18.1%}" for c in sft))
     for algo, runs in results.items():
         cells = [sum(r["per_task"][t] for r in runs) / len(runs) for t in tasks]
         print(f"{algo:12s} " + " ".join(f"{c:18.1%}" for c in cells))
