@@ -191,7 +191,8 @@ def main() -> None:
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     plot_learning_curve(
-        {f"{algo}/seed0": out / algo / "seed0" for algo in results["greedy"]}, out / "learning_curve.png"
+        {f"{algo}/seed{seeds[0]}": out / algo / f"seed{seeds[0]}" for algo in results["greedy"]},
+        out / "learning_curve.png",
     )
     for mode in MODES:
         print(f"\n== {mode} evaluation ==")
