@@ -209,17 +209,15 @@ def _befores(
     """
     paths = {("greedy", k): out / "eval_before_greedy.json" for k in seeds}
     paths |= {("sample", k): out / f"eval_before_sample_seed{k}.json" for k in seeds}
-    missing = sorted({key for key, path in paths.items() if not path.is_file()})
+    missing = {path: key for key, path in paths.items() if not path.is_file()}  # one entry per file
     if missing:
         policy = LastR1Policy.from_pretrained(a.checkpoint).eval()
         # the sampled policy at the rollout temperatures, exactly as RL's own sampled evaluations
         policy.config.action_temperature = a.action_temperature
         policy.config.stop_temperature = RLConfig.stop_temperature
         with make_env(env_cfg) as env:
-            for mode, k in missing:
-                if not paths[(mode, k)].is_file():
-                    res = evaluate(policy, env, a.eval_episodes, mode=mode, seed=k)
-                    save_eval(res, paths[(mode, k)])
+            for path, (mode, k) in missing.items():
+                save_eval(evaluate(policy, env, a.eval_episodes, mode=mode, seed=k), path)
     befores: dict[str, dict[int, dict[str, Any]]] = {}
     for (mode, k), path in paths.items():
         befores.setdefault(mode, {})[k] = json.loads(path.read_text())

@@ -47,8 +47,8 @@ class RLConfig:
     lr: float = 3e-5
     value_lr: float = 3e-4
     # learning rate of the stop head (the <latent_end> scorer); 0 = lr, the reference's single policy
-    # lr. The stop is one 4-way choice per decision: its policy gradient is far less noisy than the
-    # 56 action tokens' (docs/rl.md, gradient agreement), so it can take larger steps safely
+    # lr. Adam moves the 129-parameter head ~lr per step whatever the loss weight, too little for the
+    # reasoning length to move in a CPU budget (docs/rl.md); a larger step lets it adapt
     stop_lr: float = 0.0
     # the reference lets the value loss train the shared backbone; False detaches the value head's
     # input so only the policy loss shapes the features (docs/rl.md: on our small policy the critic's
@@ -97,6 +97,11 @@ class RLConfig:
             raise ValueError(f"lr_warmup_updates={self.lr_warmup_updates} must be >= 0 (0 = no warm-up)")
         if self.stop_lr < 0:
             raise ValueError(f"stop_lr={self.stop_lr} must be >= 0 (0 = the policy lr)")
+
+    @property
+    def stop_head_lr(self) -> float:
+        """The stop head's learning rate: ``stop_lr``, or the policy ``lr`` when it is 0."""
+        return self.stop_lr or self.lr
 
 
 def _train_episodes(cfg: RLConfig, env: VectorEnv, iteration: int) -> tuple[list[EpisodeSpec], list[int]]:
@@ -153,7 +158,7 @@ def _optimizer(policy: LastR1Policy, cfg: RLConfig) -> torch.optim.Optimizer:
         [
             {"params": main, "lr": cfg.lr},
             {"params": value_params, "lr": cfg.value_lr},
-            {"params": stop_params, "lr": cfg.stop_lr or cfg.lr},
+            {"params": stop_params, "lr": cfg.stop_head_lr},
         ],
         weight_decay=cfg.weight_decay,
     )
@@ -215,7 +220,7 @@ def _update(
                 raise FloatingPointError("non-finite gradient norm in the update")
             ramp = _warmup_factor(opt, cfg.lr_warmup_updates)
             opt.param_groups[0]["lr"] = cfg.lr * ramp
-            opt.param_groups[2]["lr"] = (cfg.stop_lr or cfg.lr) * ramp
+            opt.param_groups[2]["lr"] = cfg.stop_head_lr * ramp
             opt.step()
             metrics["grad_norm"] = float(grad_norm)
             for k, v in metrics.items():
