@@ -17,8 +17,13 @@ Advantages are each episode's success minus the mean success of the *other* epis
 the algorithm's clipped surrogate at ratio 1 with the value loss off, i.e. the policy gradient of
 the first minibatch of an update.
 
+``--group-size G > 1`` runs ``G`` episodes from each start (GRPO's groups) and uses the other
+members of the episode's group as its baseline. Episodes of one group are not independent, so the
+estimator then treats each group's summed gradient as one sample and divides its signal²/noise² by
+``G``: the table is per episode of budget either way, so the two baselines compare directly.
+
     MUJOCO_GL=egl PYTHONPATH=src python benchmarks/gradient_agreement.py \\
-        --checkpoint runs/demo-default/sft/final --episodes 64
+        --checkpoint runs/demo-default/sft/final --episodes 64 [--group-size 8]
 """
 
 from __future__ import annotations
@@ -54,14 +59,17 @@ def _args() -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=200)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--group-size", type=int, default=1, help="episodes per start (1: task baseline)")
     return p.parse_args()
 
 
 def _collect(a: argparse.Namespace, policy: LastR1Policy) -> Rollout:
     tasks = a.tasks.split(",")
-    if a.episodes < 2 * len(tasks) or a.episodes % len(tasks):
+    g = a.group_size
+    if g < 1 or a.episodes % (g * len(tasks)) or a.episodes // g < 2 * len(tasks):
         raise SystemExit(
-            f"--episodes={a.episodes} must be a multiple of the {len(tasks)} tasks, at least 2 each"
+            f"--episodes={a.episodes} must be a multiple of --group-size={g} × {len(tasks)} tasks, "
+            "with at least 2 starts per task"
         )
     env_cfg = EnvConfig(
         backend="metaworld",
@@ -75,13 +83,27 @@ def _collect(a: argparse.Namespace, policy: LastR1Policy) -> Rollout:
     gen = torch.Generator().manual_seed(a.seed)
     rounds = []
     with make_env(env_cfg) as env:
-        for _ in tqdm(range(a.episodes // len(tasks)), desc="collect", unit="round"):
-            specs = [
-                EpisodeSpec(t, "train", int(rng.integers(env.num_init_states(t, "train"))))
-                for t in range(len(tasks))
-            ]
-            rounds.append(collect(env, policy, specs, mode="sample", generator=gen))
+        specs = []
+        for start in range(a.episodes // g):  # task round-robin, each start repeated g times
+            t = start % len(tasks)
+            specs += [EpisodeSpec(t, "train", int(rng.integers(env.num_init_states(t, "train"))))] * g
+        n = env.num_envs
+        for r in tqdm(range(0, len(specs), n), desc="collect", unit="round"):
+            rounds.append(collect(env, policy, specs[r : r + n], mode="sample", generator=gen))
     return merge_rollouts(rounds)
+
+
+def _advantages(roll: Rollout, group_size: int) -> torch.Tensor:
+    """Per-episode success minus the leave-one-out mean of its task (G = 1) or of its group."""
+    success = roll.success.float()
+    key = roll.task if group_size == 1 else torch.arange(len(success)) // group_size
+    adv = torch.zeros_like(success)
+    for k in key.unique():
+        sel = key == k
+        m = int(sel.sum())
+        if m > 1:
+            adv[sel] = success[sel] - (success[sel].sum() - success[sel]) / (m - 1)
+    return adv
 
 
 def _group(name: str) -> str:
@@ -96,18 +118,14 @@ def main() -> None:
     policy.config.stop_temperature = a.stop_temperature
     roll = _collect(a, policy)
     success = roll.success.float()
-    adv_ep = torch.zeros_like(success)
-    for t in roll.task.unique():
-        sel = roll.task == t
-        k = int(sel.sum())
-        if k > 1:  # leave-one-out task baseline
-            adv_ep[sel] = success[sel] - (success[sel].sum() - success[sel]) / (k - 1)
-    adv = adv_ep[:, None] * roll.mask
+    g = a.group_size
+    adv = _advantages(roll, g)[:, None] * roll.mask
     old = _old_terms(roll, adv, adv)
     algo, cfg = get_algorithm(a.algo), AlgoConfig(name=a.algo, value_coef=0.0)
     n_eps = roll.index.shape[0]
-    sums: dict[str, torch.Tensor] = {}  # Σ x_i per group
-    sq: dict[str, float] = {}  # Σ ‖x_i‖² per group
+    sums: dict[str, torch.Tensor] = {}  # Σ x_i per parameter group (x_i: one sample's gradient)
+    sq: dict[str, float] = {}  # Σ ‖x_i‖² per parameter group
+    sample: dict[str, torch.Tensor] = {}  # the current sample (an episode, or a start's group)
     for ep in tqdm(range(n_eps), desc="per-episode gradients", unit="episode"):
         rows = roll.index[ep][roll.mask[ep]]
         policy.zero_grad(set_to_none=True)
@@ -122,8 +140,12 @@ def main() -> None:
         flat = {k: torch.cat(v).double() for k, v in parts.items()}
         flat["all"] = torch.cat(list(flat.values()))
         for k, x in flat.items():
-            sums[k] = sums.get(k, torch.zeros_like(x)) + x
-            sq[k] = sq.get(k, 0.0) + float(x @ x)
+            sample[k] = sample[k] + x if k in sample else x
+        if (ep + 1) % g == 0:
+            for k, x in sample.items():
+                sums[k] = sums.get(k, torch.zeros_like(x)) + x
+                sq[k] = sq.get(k, 0.0) + float(x @ x)
+            sample = {}
     sizes = {k: v.numel() for k, v in sums.items()}
     per_task = {
         name: float(success[roll.task == t].mean())
@@ -133,16 +155,19 @@ def main() -> None:
     print(
         f"\n{a.algo} policy gradient from {n_eps} sampled episodes (success {success.mean():.1%}: "
         + ", ".join(f"{k} {v:.0%}" for k, v in per_task.items())
-        + "); per episode: signal² = ‖E x‖², noise² = tr Cov x"
+        + "); "
+        + ("per episode" if g == 1 else f"per group of {g} episodes from one start")
+        + ": signal² = ‖E x‖², noise² = tr Cov x"
     )
+    n_samples = n_eps // g
     print(
         f"{'parameter group':18s} {'params':>9s} {'signal²/noise²':>15s} {'episodes for agreement 0.5':>27s}"
     )
     rows_out = []
     for k, total in sums.items():
-        s2 = (float(total @ total) - sq[k]) / (n_eps * (n_eps - 1))
-        n2 = (sq[k] - float(total @ total) / n_eps) / (n_eps - 1)
-        rows_out.append((k, s2 / n2 if n2 > 0 else float("nan")))
+        s2 = (float(total @ total) - sq[k]) / (n_samples * (n_samples - 1))
+        n2 = (sq[k] - float(total @ total) / n_samples) / (n_samples - 1)
+        rows_out.append((k, s2 / n2 / g if n2 > 0 else float("nan")))  # per episode of budget
     for k, r in sorted(rows_out, key=lambda kv: -kv[1]):
         need = f"{1 / r:.0f}" if r > 0 else "noise hides it"
         print(f"{k:18s} {sizes[k]:9d} {r:15.4f} {need:>27s}")

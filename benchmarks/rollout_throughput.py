@@ -7,10 +7,14 @@ simulator's throughput survives that (target: >= 0.8).
     MUJOCO_GL=egl PYTHONPATH=src python benchmarks/rollout_throughput.py
     ... --checkpoint runs/demo-default/sft/final --vector async --rounds 3
 
-``raw``: the same vector env stepped with uniform random actions for full episodes (max_steps each,
-random actions never succeed, so no slot idles). ``collect``: ``lastr1.rollout.collect`` with the
-policy sampling (an untrained default-size policy unless ``--checkpoint`` is given). Both count
-env steps of active slots only, and run the same episodes.
+Three rows, all the same vector env and episodes (max_steps each; random actions never succeed, so
+no slot idles), env steps of active slots only:
+
+* ``raw step``: ``env.step`` with uniform random actions, one call (and one render) per env step;
+* ``raw chunk``: ``env.step_chunk`` with random chunks of the policy's chunk size, rendering only
+  after each chunk as the collector does. The collector's ratio (the target) is against this row;
+* ``collect``: ``lastr1.rollout.collect`` with the policy sampling (an untrained default-size
+  policy unless ``--checkpoint`` is given).
 """
 
 from __future__ import annotations
@@ -49,14 +53,19 @@ def _specs(env, rnd: int) -> list[EpisodeSpec]:
     return [EpisodeSpec((rnd * n + i) % len(env.tasks), "train", rnd * n + i) for i in range(n)]
 
 
-def _raw(env, rounds: int, rng: np.random.Generator) -> tuple[int, float]:
+def _raw(env, rounds: int, rng: np.random.Generator, chunk: int) -> tuple[int, float]:
+    """Env steps and seconds of random-action episodes: ``chunk`` 0 = one ``step`` per action."""
     steps, seconds = 0, 0.0
     for rnd in range(rounds):
         t0 = time.perf_counter()
         env.reset(_specs(env, rnd))
         while True:
-            res = env.step(rng.uniform(-1, 1, size=(env.num_envs, 7)))
-            steps += int(res.info["active"].sum())
+            if chunk:
+                res = env.step_chunk(rng.uniform(-1, 1, size=(env.num_envs, chunk, 7)))
+                steps += int(res.info["chunk_steps"].sum())
+            else:
+                res = env.step(rng.uniform(-1, 1, size=(env.num_envs, 7)))
+                steps += int(res.info["active"].sum())
             if (res.terminated | res.truncated).all():
                 break
         seconds += time.perf_counter() - t0
@@ -90,15 +99,21 @@ def main() -> None:
     else:
         policy = LastR1Policy(PolicyConfig(image_size=a.image_size))
     policy.eval()
+    chunk = policy.config.chunk
     with make_env(cfg) as env:
-        _raw(env, 1, np.random.default_rng(1))  # warm-up: worker start, first renders
-        raw_steps, raw_s = _raw(env, a.rounds, np.random.default_rng(0))
+        _raw(env, 1, np.random.default_rng(1), 0)  # warm-up: worker start, first renders
+        step_steps, step_s = _raw(env, a.rounds, np.random.default_rng(0), 0)
+        raw_steps, raw_s = _raw(env, a.rounds, np.random.default_rng(0), chunk)
         col_steps, col_s, pol_s = _collect(env, policy, a.rounds)
     raw_rate, col_rate = raw_steps / raw_s, col_steps / col_s
     print(f"\n{a.backend} {a.vector} x{a.num_envs}, {a.image_size}px, tasks {a.tasks}, {a.rounds} rounds")
-    print(f"{'mode':8s} {'env steps':>9s} {'steps/s':>8s} {'ratio':>6s} {'policy share':>12s}")
-    print(f"{'raw':8s} {raw_steps:9d} {raw_rate:8.1f} {1.0:6.2f} {'-':>12s}")
-    print(f"{'collect':8s} {col_steps:9d} {col_rate:8.1f} {col_rate / raw_rate:6.2f} {pol_s / col_s:12.1%}")
+    print(f"ratios against `raw chunk` (chunks of {chunk}, rendered once per chunk)")
+    print(f"{'mode':10s} {'env steps':>9s} {'steps/s':>8s} {'ratio':>6s} {'policy share':>12s}")
+    print(
+        f"{'raw step':10s} {step_steps:9d} {step_steps / step_s:8.1f} {step_steps / step_s / raw_rate:6.2f} {'-':>12s}"
+    )
+    print(f"{'raw chunk':10s} {raw_steps:9d} {raw_rate:8.1f} {1.0:6.2f} {'-':>12s}")
+    print(f"{'collect':10s} {col_steps:9d} {col_rate:8.1f} {col_rate / raw_rate:6.2f} {pol_s / col_s:12.1%}")
 
 
 if __name__ == "__main__":

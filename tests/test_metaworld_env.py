@@ -95,6 +95,20 @@ def test_same_start_same_trajectory(reach):
     assert not np.array_equal(reach.reset("eval", 3).privileged, first_a.privileged)
 
 
+def test_unrendered_steps_keep_the_simulation_and_observe_renders_it(reach):
+    actions = np.random.default_rng(1).uniform(-1, 1, size=(6, 7))
+    reach.reset("train", 2)
+    rendered = [reach.step(a) for a in actions]
+    reach.reset("train", 2)
+    skipped = [reach.step(a, render=False) for a in actions]
+    assert all(obs.images is None for obs, _, _ in skipped)
+    for (a, ra, sa), (b, rb, sb) in zip(rendered, skipped, strict=True):
+        np.testing.assert_array_equal(a.privileged, b.privileged)
+        np.testing.assert_array_equal(a.proprio, b.proprio)
+        assert (ra, sa) == (rb, sb)
+    np.testing.assert_array_equal(reach.observe().images, rendered[-1][0].images)
+
+
 def test_train_and_eval_sets_are_disjoint(reach, monkeypatch):
     eval_vecs = []
     for i in range(reach.num_init_states("eval")):

@@ -117,3 +117,69 @@ def test_episode_step_budget_overrides_the_task_budget():
     assert [t[1] for t in truncated] == [False, False, False, False, True]
     with pytest.raises(ValueError, match="max_steps=0"):
         EpisodeSpec(0, max_steps=0)
+
+
+def _step_by_step(env, specs, chunks):
+    """Reference for step_chunk: the same chunks through single steps, stopping at episode ends."""
+    env.reset(specs)
+    out = []
+    for chunk in chunks:
+        reward = np.zeros(env.num_envs)
+        taken = np.zeros(env.num_envs, dtype=np.int64)
+        for c in range(chunk.shape[1]):
+            res = env.step(chunk[:, c])
+            reward += res.reward
+            taken += res.info["active"]
+            if (res.terminated | res.truncated).all():
+                break
+        out.append((res.obs.images, res.obs.proprio, reward, taken, res.terminated, res.truncated))
+    return out
+
+
+@pytest.mark.parametrize("vector", ["sync", "async"])
+def test_step_chunk_equals_stepping_one_action_at_a_time(vector):
+    # slot 0 heads for its target and succeeds inside a chunk; slot 1 hits max_steps inside one
+    specs = [EpisodeSpec(task=0, init_index=4), EpisodeSpec(task=1, init_index=7, max_steps=11)]
+    rng = np.random.default_rng(3)
+    chunks = [rng.uniform(-1, 1, size=(2, 4, 7)) for _ in range(6)]
+    with _env(num_envs=2, vector=vector) as env:
+        start = env.reset(specs).privileged[0]  # [agent xy, target-0 xy, ...]
+        for ch in chunks:
+            ch[0, :, :2] = np.clip((start[2:4] - start[:2]) / 0.1 / 5, -1, 1)
+        expected = _step_by_step(env, specs, chunks)
+        env.reset(specs)
+        for chunk, (images, proprio, reward, taken, term, trunc) in zip(chunks, expected, strict=True):
+            res = env.step_chunk(chunk)
+            np.testing.assert_array_equal(res.obs.images, images)
+            np.testing.assert_array_equal(res.obs.proprio, proprio)
+            np.testing.assert_array_equal(res.reward, reward)
+            np.testing.assert_array_equal(res.info["chunk_steps"], taken)
+            np.testing.assert_array_equal(res.terminated, term)
+            np.testing.assert_array_equal(res.truncated, trunc)
+    steps_0 = sum(int(e[3][0]) for e in expected)
+    assert expected[-1][4][0] and steps_0 % 4 != 0, "slot 0 must succeed inside a chunk"
+    assert expected[-1][5][1] and sum(int(e[3][1]) for e in expected) == 11, "slot 1 truncates at 11"
+
+
+def test_step_chunk_records_every_frame_of_the_first_slots():
+    specs = [EpisodeSpec(task=0, init_index=1), EpisodeSpec(task=1, init_index=2, max_steps=6)]
+    chunk = np.random.default_rng(0).uniform(-1, 1, size=(2, 4, 7))
+    with _env(num_envs=2) as env:
+        env.reset(specs)
+        singles = [env.step(chunk[:, c]).obs.images[:, 0] for c in range(4)]
+        env.reset(specs)
+        res = env.step_chunk(chunk, record=1)
+        assert len(res.frames) == 1 and len(res.frames[0]) == 4
+        for c in range(4):
+            np.testing.assert_array_equal(res.frames[0][c], singles[c][0])
+        res = env.step_chunk(chunk, record=2)  # slot 1 has 2 steps of budget left
+        assert [len(f) for f in res.frames] == [4, 2]
+
+
+def test_step_chunk_rejects_bad_shapes_with_the_expected_shape():
+    with _env(num_envs=2) as env:
+        env.reset([EpisodeSpec(task=0), EpisodeSpec(task=1)])
+        with pytest.raises(ValueError, match=r"\(2, C, 7\)"):
+            env.step_chunk(np.zeros((2, 7)))
+        with pytest.raises(ValueError, match="NaN"):
+            env.step_chunk(np.full((2, 3, 7), np.nan))

@@ -2,6 +2,7 @@
 
 from lastr1.envs.base import (
     ACTION_DIM,
+    ChunkResult,
     EpisodeSpec,
     Observation,
     StepResult,
@@ -13,6 +14,7 @@ from lastr1.envs.suites import list_suites, list_tasks, make_env, resolve_suite,
 
 __all__ = [
     "ACTION_DIM",
+    "ChunkResult",
     "EnvConfig",
     "EpisodeSpec",
     "Observation",

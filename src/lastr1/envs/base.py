@@ -9,6 +9,9 @@ simulator they drive. Every backend therefore speaks batched numpy, gymnasium-st
 * ``step(actions)`` takes a ``(N, 7)`` float array in ``[-1, 1]`` (delta end-effector xyz, delta
   rotation, gripper) and returns ``(obs, reward, terminated, truncated, info)`` with
   ``info["success"]`` a ``(N,)`` bool array.
+* ``step_chunk(actions)`` takes ``(N, C, 7)`` and runs each slot's chunk open loop inside the slot
+  (stopping at the episode's end), rendering only the observation after the chunk: one decision of
+  a chunked policy is one call, and the ``C - 1`` frames nobody looks at are never drawn.
 
 Observations are a :class:`Observation` of batched arrays (see its docstring). Slots that are done
 keep returning their last observation until the next ``reset``; callers mask them.
@@ -125,6 +128,18 @@ class StepResult:
     info: dict[str, np.ndarray] = field(default_factory=dict)  # always has "success"
 
 
+@dataclass
+class ChunkResult(StepResult):
+    """What ``VectorEnv.step_chunk`` returns: a :class:`StepResult` for the whole chunk.
+
+    ``reward`` is summed over the chunk's executed steps; ``info`` adds ``"chunk_steps"`` (N,), the
+    steps each slot executed in this chunk (0 for slots already done). ``frames[i]`` holds the agent
+    view after every executed step of slot ``i`` for the first ``record`` slots (videos).
+    """
+
+    frames: list[list[np.ndarray]] = field(default_factory=list)
+
+
 @runtime_checkable
 class VectorEnv(Protocol):
     """The batched simulator interface (see module docstring)."""
@@ -138,6 +153,8 @@ class VectorEnv(Protocol):
 
     def step(self, actions: np.ndarray) -> StepResult: ...
 
+    def step_chunk(self, actions: np.ndarray, record: int = 0) -> ChunkResult: ...
+
     def num_init_states(self, task: int, init_set: InitSet) -> int: ...
 
     def close(self) -> None: ...
@@ -149,6 +166,19 @@ def check_actions(actions: np.ndarray, num_envs: int) -> np.ndarray:
     if arr.shape != (num_envs, ACTION_DIM):
         raise ValueError(
             f"actions must have shape ({num_envs}, {ACTION_DIM}) (one 7-dim action per env), got {arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("actions contain NaN or inf; check the policy output")
+    return np.clip(arr, -1.0, 1.0)
+
+
+def check_action_chunks(actions: np.ndarray, num_envs: int) -> np.ndarray:
+    """Validate a batched action-chunk array and return it as float64 ``(N, C, 7)``."""
+    arr = np.asarray(actions, dtype=np.float64)
+    if arr.ndim != 3 or arr.shape[0] != num_envs or arr.shape[2] != ACTION_DIM or arr.shape[1] < 1:
+        raise ValueError(
+            f"action chunks must have shape ({num_envs}, C, {ACTION_DIM}) (C >= 1 actions per env), "
+            f"got {arr.shape}"
         )
     if not np.all(np.isfinite(arr)):
         raise ValueError("actions contain NaN or inf; check the policy output")
@@ -168,7 +198,7 @@ def check_episodes(episodes: list[EpisodeSpec], num_envs: int, num_tasks: int) -
 class SingleObs:
     """One environment's observation; :class:`Observation` is a batch of these."""
 
-    images: np.ndarray  # uint8 (V, H, W, 3), upright
+    images: np.ndarray | None  # uint8 (V, H, W, 3), upright; None after a step(render=False)
     proprio: np.ndarray  # float32 (P,)
     privileged: np.ndarray  # float32 (S,), fixed S per backend (zero-padded)
 
@@ -185,8 +215,16 @@ class SingleEnv(Protocol):
 
     def reset(self, init_set: InitSet, init_index: int) -> SingleObs: ...
 
-    def step(self, action: np.ndarray) -> tuple[SingleObs, float, bool]:
-        """Apply one 7-dim action in [-1, 1]; return (obs, reward, success)."""
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[SingleObs, float, bool]:
+        """Apply one 7-dim action in [-1, 1]; return (obs, reward, success).
+
+        ``render=False`` lets the backend skip its cameras (``obs.images`` is then None): inside an
+        open-loop action chunk nobody looks at the frames, and rendering is most of a step's cost.
+        """
+        ...
+
+    def observe(self) -> SingleObs:
+        """The current observation, rendered (after steps taken with ``render=False``)."""
         ...
 
     def num_init_states(self, init_set: InitSet) -> int: ...

@@ -214,6 +214,7 @@ class LiberoEnv:
         ]
         self._succeeded = False
         self._rendering = True
+        self._last_obs: SingleObs | None = None
         self._train_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     # -- protocol ---------------------------------------------------------------------------------
@@ -234,9 +235,14 @@ class LiberoEnv:
             self._env.step(SETTLE_ACTION)
         self._set_cameras(self._rendering)
         self._succeeded = False
-        return self._observe(self._env.env._get_observations(force_update=True))
+        self._last_obs = self._observe(self._env.env._get_observations(force_update=True))
+        return self._last_obs
 
-    def step(self, action: np.ndarray) -> tuple[SingleObs, float, bool]:
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[SingleObs, float, bool]:
+        """One control step. ``render`` is accepted and ignored: robosuite samples its cameras on
+        observable timers that toggling would desynchronise (a re-enabled camera returns a stale or
+        blank frame), so LIBERO renders every step; turn cameras off with :meth:`set_rendering`."""
+        del render
         act = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
         if act.shape != (7,):
             raise ValueError(f"LIBERO action must have 7 values (xyz, rotation, gripper), got {act.shape}")
@@ -244,7 +250,13 @@ class LiberoEnv:
         success = bool(self._env.check_success())
         reward = 1.0 if success and not self._succeeded else 0.0
         self._succeeded |= success
-        return self._observe(raw), reward, success
+        self._last_obs = self._observe(raw)
+        return self._last_obs, reward, success
+
+    def observe(self) -> SingleObs:
+        if self._last_obs is None:
+            raise RuntimeError("observe() before reset(): call reset(init_set, init_index) first")
+        return self._last_obs
 
     def close(self) -> None:
         if getattr(self, "_env", None) is not None:

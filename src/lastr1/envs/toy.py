@@ -65,13 +65,16 @@ class ToyReachEnv:
         self._succeeded = False
         return self._obs()
 
-    def step(self, action: np.ndarray) -> tuple[SingleObs, float, bool]:
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[SingleObs, float, bool]:
         a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
         self._pos = np.clip(self._pos + _STEP * a[:2], -1.0, 1.0)
         success = bool(np.linalg.norm(self._pos - self._targets[self._target_name]) < _SUCCESS_RADIUS)
         reward = 1.0 if success and not self._succeeded else 0.0
         self._succeeded |= success
-        return self._obs(), reward, success
+        return self._obs(render), reward, success
+
+    def observe(self) -> SingleObs:
+        return self._obs()
 
     def expert_action(self) -> np.ndarray:
         """A scripted expert: head straight for the right target (used for demos and tests)."""
@@ -85,7 +88,16 @@ class ToyReachEnv:
         row = round((1 - (p[1] + 1) / 2) * (self.size - 1))
         return row, col
 
-    def _obs(self) -> SingleObs:
+    def _obs(self, render: bool = True) -> SingleObs:
+        privileged = np.concatenate([self._pos, self._targets["red"], self._targets["blue"]]).astype(
+            np.float32
+        )
+        obs = SingleObs(images=None, proprio=self._pos.astype(np.float32), privileged=privileged)
+        if render:
+            obs.images = self._draw()
+        return obs
+
+    def _draw(self) -> np.ndarray:
         img = np.full((self.size, self.size, 3), 245, dtype=np.uint8)
         r = max(1, self.size // 16)
         for name, rgb in _COLOURS.items():
@@ -93,11 +105,7 @@ class ToyReachEnv:
             img[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1] = rgb
         y, x = self._pixel(self._pos)
         img[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1] = (20, 20, 20)
-        images = np.stack([img] * self.views)
-        privileged = np.concatenate([self._pos, self._targets["red"], self._targets["blue"]]).astype(
-            np.float32
-        )
-        return SingleObs(images=images, proprio=self._pos.astype(np.float32), privileged=privileged)
+        return np.stack([img] * self.views)
 
     def close(self) -> None:
         pass

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lastr1.envs.base import (
+    ChunkResult,
     EpisodeSpec,
     InitSet,
     Observation,
@@ -34,6 +35,7 @@ from lastr1.envs.base import (
     SingleObs,
     StepResult,
     TaskSpec,
+    check_action_chunks,
     check_actions,
     check_episodes,
 )
@@ -76,6 +78,34 @@ class _Slot:
             raise RuntimeError("step() before reset(): call reset(episodes) first")
         self.last_obs, reward, success = self.current.step(action)
         return self.last_obs, reward, success
+
+    def step_chunk(
+        self, actions: np.ndarray, budget: int, record: bool
+    ) -> tuple[SingleObs, float, bool, int, list[np.ndarray]]:
+        """Run ``actions`` (C, 7) open loop until success, ``budget`` steps or the chunk's end.
+
+        Only the observation after the last executed step is rendered (every step's, when
+        ``record``): the simulator state, and so the episode, is the same as stepping one by one.
+        Returns (obs, summed reward, success, steps executed, agent-view frames if ``record``).
+        """
+        env = self.current
+        if env is None:
+            raise RuntimeError("step_chunk() before reset(): call reset(episodes) first")
+        n = min(len(actions), budget)
+        reward, success, taken = 0.0, False, 0
+        frames: list[np.ndarray] = []
+        obs = self.last_obs
+        for c in range(n):
+            obs, r, success = env.step(actions[c], render=record or c == n - 1)
+            reward, taken = reward + r, taken + 1
+            if record and obs.images is not None:
+                frames.append(obs.images[0])
+            if success:
+                break
+        if obs is None or obs.images is None:
+            obs = env.observe()
+        self.last_obs = obs
+        return obs, reward, success, taken, frames
 
     def expert_action(self) -> np.ndarray:
         """The backend's scripted expert's next action for this slot's episode (runs where the simulator
@@ -221,7 +251,7 @@ class BatchedEnv:
 
     def step(self, actions: np.ndarray) -> StepResult:
         acts = check_actions(actions, self.num_envs)
-        active = [i for i in range(self.num_envs) if not self._done[i]]
+        active = self._active()
         reward = np.zeros(self.num_envs, dtype=np.float32)
         results = self._call_all("step", [(acts[i],) for i in active], active)
         for i, (obs, rew, success) in zip(active, results, strict=True):
@@ -229,13 +259,43 @@ class BatchedEnv:
             reward[i] = rew
             self._steps[i] += 1
             self._success[i] |= bool(success)
+        terminated, truncated, info = self._end_of_step(active)
+        return StepResult(self._batch(self._last), reward, terminated, truncated, info)
+
+    def step_chunk(self, actions: np.ndarray, record: int = 0) -> ChunkResult:
+        """Run one ``(N, C, 7)`` action chunk per live slot (see :meth:`_Slot.step_chunk`)."""
+        acts = check_action_chunks(actions, self.num_envs)
+        active = self._active()
+        budget = self._max_steps - self._steps
+        reward = np.zeros(self.num_envs, dtype=np.float32)
+        chunk_steps = np.zeros(self.num_envs, dtype=np.int64)
+        frames: list[list[np.ndarray]] = [[] for _ in range(min(record, self.num_envs))]
+        args = [(acts[i], int(budget[i]), i < record) for i in active]
+        results = self._call_all("step_chunk", args, active)
+        for i, (obs, rew, success, taken, slot_frames) in zip(active, results, strict=True):
+            self._last[i] = obs
+            reward[i] = rew
+            chunk_steps[i] = taken
+            self._steps[i] += taken
+            self._success[i] |= bool(success)
+            if i < record:
+                frames[i] = slot_frames
+        terminated, truncated, info = self._end_of_step(active)
+        info["chunk_steps"] = chunk_steps
+        return ChunkResult(self._batch(self._last), reward, terminated, truncated, info, frames=frames)
+
+    def _active(self) -> list[int]:
+        return [i for i in range(self.num_envs) if not self._done[i]]
+
+    def _end_of_step(self, active: list[int]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Episode-end flags after a step of the ``active`` slots; marks finished slots done."""
         terminated = self._success.copy()
         truncated = ~terminated & (self._steps >= self._max_steps)
         was_active = np.zeros(self.num_envs, dtype=bool)
         was_active[active] = True
         self._done |= terminated | truncated
         info = {"success": self._success.copy(), "active": was_active, "steps": self._steps.copy()}
-        return StepResult(self._batch(self._last), reward, terminated, truncated, info)
+        return terminated, truncated, info
 
     def expert_actions(self, slots: np.ndarray | list[int]) -> np.ndarray:
         """``(len(slots), 7)`` actions of the backend's scripted experts for those slots' episodes."""

@@ -1,7 +1,8 @@
 """Batched closed-loop interaction: all N environments step together, one ``policy.act`` per decision.
 
 One *decision* is one action chunk: the policy reasons (latents + stop), emits C actions, and the
-environments execute them open loop (fewer if an episode ends inside the chunk). The collector
+environments execute them open loop (fewer if an episode ends inside the chunk) in one
+``env.step_chunk`` call, which renders only the observation the next decision reads. The collector
 stores everything LAPO needs to recompute log-probs later — the observation, the policy's
 :class:`ActionOutput` (latents, stop, action tokens, old log-probs, value) — plus reward and done,
 and returns a padded :class:`Rollout`. Finished slots are dropped from the policy batch, so the
@@ -108,22 +109,14 @@ def collect(
             out = policy.act(sub_obs, mode=mode, generator=generator)
         t_policy += time.perf_counter() - t1
         actions = _as_numpy_actions(out.actions)  # (B, C, 7)
-        chunk = actions.shape[1]
-        full = np.zeros((n, chunk, actions.shape[2]), dtype=np.float64)
+        full = np.zeros((n, *actions.shape[1:]), dtype=np.float64)
         full[live] = actions
-        reward = np.zeros(n, dtype=np.float64)
         t2 = time.perf_counter()
-        for c in range(chunk):
-            res = env.step(full[:, c])
-            active = res.info["active"]
-            env_steps += active
-            reward += res.reward
-            for i in range(len(frames)):
-                if active[i]:
-                    frames[i].append(res.obs.images[i, 0])
-            if (res.terminated | res.truncated).all():
-                break
+        res = env.step_chunk(full, record=len(frames))
         t_env += time.perf_counter() - t2
+        env_steps += res.info["chunk_steps"]
+        for i in range(len(frames)):
+            frames[i].extend(res.frames[i])
         obs = res.obs
         newly_success = res.info["success"] & ~success
         success |= res.info["success"]
