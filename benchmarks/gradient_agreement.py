@@ -44,7 +44,7 @@ from lastr1.envs import EnvConfig, EpisodeSpec, make_env
 from lastr1.models.policy import LastR1Policy
 from lastr1.models.policy_io import PolicyBatch
 from lastr1.rollout.collector import Rollout, collect, merge_rollouts
-from lastr1.train.rl import _index_terms, _old_terms
+from lastr1.train.rl import old_terms
 
 
 def _args() -> argparse.Namespace:
@@ -120,7 +120,7 @@ def main() -> None:
     success = roll.success.float()
     g = a.group_size
     adv = _advantages(roll, g)[:, None] * roll.mask
-    old = _old_terms(roll, adv, adv)
+    old = old_terms(roll, adv, adv)
     algo, cfg = get_algorithm(a.algo), AlgoConfig(name=a.algo, value_coef=0.0)
     n_eps = roll.index.shape[0]
     sums: dict[str, torch.Tensor] = {}  # Σ x_i per parameter group (x_i: one sample's gradient)
@@ -131,7 +131,7 @@ def main() -> None:
         policy.zero_grad(set_to_none=True)
         lp = policy.log_probs(PolicyBatch.from_act(roll.out.index(rows)))
         new = NewTerms(lp.logp_tokens, lp.logp_stop, lp.mu, lp.value, lp.entropy)
-        loss, _ = algo.loss(new, _index_terms(old, rows), cfg)
+        loss, _ = algo.loss(new, old.index(rows), cfg)
         (loss * len(rows)).backward()  # the episode's summed contribution to a batch gradient
         parts: dict[str, list[torch.Tensor]] = {}
         for name, p in policy.named_parameters():

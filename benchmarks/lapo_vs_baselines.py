@@ -54,7 +54,15 @@ def _args() -> argparse.Namespace:
     p.add_argument("--algos", default=",".join(ALGOS))
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--rollouts-per-iter", type=int, default=64)
-    p.add_argument("--group-size", type=int, default=2, help="rollouts per initial state for grpo_action")
+    p.add_argument(
+        "--group-size", type=int, default=2, help="rollouts per initial state for group-relative advantages"
+    )
+    p.add_argument(
+        "--lapo-advantage",
+        default="gae",
+        choices=["gae", "grpo"],
+        help="LAPO's advantage estimator (gae: the reference; grpo: --group-size rollouts per start)",
+    )
     p.add_argument("--num-envs", type=int, default=4)
     p.add_argument("--max-steps", type=int, default=200)
     p.add_argument("--image-size", type=int, default=64)
@@ -103,14 +111,16 @@ def _summary(res: dict[str, Any]) -> dict[str, Any]:
 def _run(a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progress: bool) -> dict[str, Any]:
     """One (algorithm, seed) run from the shared checkpoint; its greedy and sampled results."""
     run = Path(a.out) / algo / f"seed{seed}"
+    advantage = a.lapo_advantage if algo == "lapo" else ""  # "": the algorithm's default
+    group_relative = algo == "grpo_action" or advantage == "grpo"
     cfg = RLConfig(
         env=env_cfg,
-        algo=AlgoConfig(name=algo, whiten_per_task=a.whiten_per_task, kl_coef=a.kl_coef),
+        algo=AlgoConfig(name=algo, advantage=advantage, whiten_per_task=a.whiten_per_task, kl_coef=a.kl_coef),
         checkpoint=a.checkpoint,
         out=str(run),
         iterations=a.iterations,
         rollouts_per_iter=a.rollouts_per_iter,
-        group_size=a.group_size if algo == "grpo_action" else 1,
+        group_size=a.group_size if group_relative else 1,
         lr=a.lr,
         stop_lr=a.stop_lr,
         epochs=a.epochs,

@@ -61,6 +61,10 @@ class OldTerms:
     latents: torch.Tensor  # (B, K, D) latents fed back during the rollout
     latent_mask: torch.Tensor  # (B, K) bool, valid slots (the chosen reasoning length)
 
+    def index(self, idx: torch.Tensor) -> OldTerms:
+        """The minibatch of decisions at ``idx``."""
+        return OldTerms(**{k: getattr(self, k)[idx] for k in OldTerms.__dataclass_fields__})
+
 
 @dataclass
 class NewTerms:

@@ -131,7 +131,9 @@ def _advantages(cfg: RLConfig, algo_adv: str, roll: Rollout) -> tuple[torch.Tens
     return adv, ret
 
 
-def _old_terms(roll: Rollout, adv: torch.Tensor, ret: torch.Tensor) -> OldTerms:
+def old_terms(roll: Rollout, adv: torch.Tensor, ret: torch.Tensor) -> OldTerms:
+    """The loss inputs recorded at rollout time, flat over valid decisions, with ``(N, T)``
+    advantages and returns (benchmarks reuse this to compute the trainer's exact loss)."""
     out: ActionOutput = roll.out
     return OldTerms(
         advantages=roll.flat(adv),
@@ -142,10 +144,6 @@ def _old_terms(roll: Rollout, adv: torch.Tensor, ret: torch.Tensor) -> OldTerms:
         latents=out.latents,
         latent_mask=out.latent_mask,
     )
-
-
-def _index_terms(t: OldTerms, idx: torch.Tensor) -> OldTerms:
-    return OldTerms(**{k: getattr(t, k)[idx] for k in OldTerms.__dataclass_fields__})
 
 
 def _optimizer(policy: LastR1Policy, cfg: RLConfig) -> torch.optim.Optimizer:
@@ -206,7 +204,7 @@ def _update(
                     ref_logp = anchor.log_probs(batch).action_logp_all
                 kl_ref = token_kl(lp.action_logp_all, ref_logp)
             new = NewTerms(lp.logp_tokens, lp.logp_stop, lp.mu, lp.value, lp.entropy, kl_ref)
-            loss, metrics = algo.loss(new, _index_terms(old, mb), cfg.algo)
+            loss, metrics = algo.loss(new, old.index(mb), cfg.algo)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss ({loss.item()}) in the {cfg.algo.name} update")
             opt.zero_grad(set_to_none=True)
@@ -328,7 +326,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             roll = merge_rollouts(rounds)
             t_collect = time.perf_counter() - t0
             adv, ret = _advantages(cfg, adv_kind, roll)
-            old = _old_terms(roll, adv, ret)
+            old = old_terms(roll, adv, ret)
             t1 = time.perf_counter()
             try:
                 upd = _update(policy, opt, cfg, old, roll.out, it, anchor)
