@@ -7,8 +7,9 @@ simulator's throughput survives that (target: >= 0.8).
     MUJOCO_GL=egl PYTHONPATH=src python benchmarks/rollout_throughput.py
     ... --checkpoint runs/demo-default/sft/final --vector async --rounds 3
 
-Three rows, all the same vector env and episodes (max_steps each; random actions never succeed, so
-no slot idles), env steps of active slots only:
+Three rows, all the same vector env and starts (max_steps each), env steps of active slots only.
+Random actions rarely succeed, so slots seldom idle; the two raw rows draw different random actions,
+so their step counts can differ by the few episodes that do succeed (1600 vs 1508 on the demo tasks):
 
 * ``raw step``: ``env.step`` with uniform random actions, one call (and one render) per env step;
 * ``raw chunk``: ``env.step_chunk`` with random chunks of the policy's chunk size, rendering only

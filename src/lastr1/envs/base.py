@@ -167,9 +167,7 @@ def check_actions(actions: np.ndarray, num_envs: int) -> np.ndarray:
         raise ValueError(
             f"actions must have shape ({num_envs}, {ACTION_DIM}) (one 7-dim action per env), got {arr.shape}"
         )
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("actions contain NaN or inf; check the policy output")
-    return np.clip(arr, -1.0, 1.0)
+    return _finite_and_clipped(arr)
 
 
 def check_action_chunks(actions: np.ndarray, num_envs: int) -> np.ndarray:
@@ -180,6 +178,10 @@ def check_action_chunks(actions: np.ndarray, num_envs: int) -> np.ndarray:
             f"action chunks must have shape ({num_envs}, C, {ACTION_DIM}) (C >= 1 actions per env), "
             f"got {arr.shape}"
         )
+    return _finite_and_clipped(arr)
+
+
+def _finite_and_clipped(arr: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError("actions contain NaN or inf; check the policy output")
     return np.clip(arr, -1.0, 1.0)
