@@ -87,6 +87,13 @@ def _args() -> argparse.Namespace:
     p.add_argument("--stop-lr", type=float, default=0.0, help="stop-head lr (RLConfig.stop_lr; 0 = --lr)")
     p.add_argument("--kl-coef", type=float, default=0.0, help="KL to the starting policy (algo.kl_coef)")
     p.add_argument(
+        "--w-latent",
+        type=float,
+        default=AlgoConfig.w_latent,
+        help="LAPO latent weight (reference 0.1; 0 = ablation)",
+    )
+    p.add_argument("--w-end", type=float, default=AlgoConfig.w_end, help="LAPO stop weight (reference 1)")
+    p.add_argument(
         "--jobs", type=int, default=1, help="runs in parallel worker processes (use --vector sync with > 1)"
     )
     p.add_argument(
@@ -115,7 +122,14 @@ def _run(a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progre
     group_relative = algo == "grpo_action" or advantage == "grpo"
     cfg = RLConfig(
         env=env_cfg,
-        algo=AlgoConfig(name=algo, advantage=advantage, whiten_per_task=a.whiten_per_task, kl_coef=a.kl_coef),
+        algo=AlgoConfig(
+            name=algo,
+            advantage=advantage,
+            whiten_per_task=a.whiten_per_task,
+            kl_coef=a.kl_coef,
+            w_latent=a.w_latent,
+            w_end=a.w_end,
+        ),
         checkpoint=a.checkpoint,
         out=str(run),
         iterations=a.iterations,

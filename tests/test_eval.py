@@ -92,6 +92,20 @@ def test_eval_json_contents(toy_sft_checkpoint, tmp_path):
     assert "reach-red" in table and "reach-blue" in table and "overall" in table
 
 
+def test_eval_probes_fix_the_reasoning_length_and_the_action_decode(toy_sft_checkpoint, tmp_path):
+    for length in (2, 4):
+        res = _run_eval(
+            toy_sft_checkpoint, tmp_path / f"len{length}", latent_len=length, greedy_actions="bin_mean"
+        )
+        assert all(r["mean_latent_len"] == length for r in res["per_task"].values())
+        assert res["protocol"]["actions"] == f"greedy (bin_mean), reasoning length fixed at {length}"
+    default = _run_eval(toy_sft_checkpoint, tmp_path / "default")
+    assert default["protocol"]["actions"] == "greedy (argmax), deterministic stop rule"
+    with pytest.raises(ValueError, match="force_latent_len=3 must be 0"):  # before any episode runs
+        _run_eval(toy_sft_checkpoint, tmp_path / "bad", latent_len=3)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_eval_rejects_more_episodes_than_eval_states(toy_sft_checkpoint):
     policy = LastR1Policy.from_pretrained(toy_sft_checkpoint)
     with make_env(EnvConfig(backend="toy", image_size=32, num_envs=1)) as env:

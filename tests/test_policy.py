@@ -10,7 +10,7 @@ import torch
 
 from lastr1.envs.base import Observation
 from lastr1.models import LastR1Policy, PolicyBatch, PolicyConfig
-from lastr1.models.latent import choose_stop
+from lastr1.models.latent import choose_stop, sample_tokens
 
 B = 3
 
@@ -184,6 +184,53 @@ def test_greedy_stop_hazard_rule() -> None:
     with torch.no_grad():
         policy.stop_head.bias.add_(10.0)
     assert torch.equal(policy.act(_obs(), mode="greedy").latent_len, before)
+
+
+def test_forced_reasoning_length_overrides_the_stop_in_both_modes() -> None:
+    free = _policy()
+    forced = _policy(force_latent_len=2)
+    obs = _obs()
+    for mode in ("sample", "greedy"):
+        out = forced.act(obs, mode=mode, generator=torch.Generator().manual_seed(0))
+        assert out.latent_len.tolist() == [2] * B and torch.equal(
+            out.stop_index, torch.zeros(B, dtype=torch.long)
+        )
+        # the log-prob is the stop categorical's at the forced candidate, so re-scoring stays exact
+        temp = 1.6 if mode == "sample" else 1.0
+        expected = torch.log_softmax(out.stop_logits / temp, -1)[:, 0]
+        torch.testing.assert_close(out.logp_stop, expected)
+    # same weights, so the latents (computed before the stop) match the free policy's
+    torch.testing.assert_close(forced.act(obs, mode="greedy").latents, free.act(obs, mode="greedy").latents)
+    for bad in (1, 6, -2):
+        with pytest.raises(
+            ValueError, match=f"force_latent_len={bad} must be 0 .* multiple of latent_group=2"
+        ):
+            _config(force_latent_len=bad)
+
+
+def test_bin_mean_decode_takes_the_bin_nearest_the_mean() -> None:
+    # two distant near-tied peaks: the argmax jumps to one end, the mean lies between them
+    probs = torch.full((1, 1, 8), 1e-6)
+    probs[0, 0, 1], probs[0, 0, 6] = 0.6, 0.399  # mean index 2.99
+    tokens, logp = sample_tokens(probs.log(), "mean", 1.0)
+    expected = round(float((probs / probs.sum() * torch.arange(8)).sum()))
+    assert tokens.item() == expected == 3 and sample_tokens(probs.log(), "greedy", 1.0)[0].item() == 1
+    torch.testing.assert_close(logp, torch.log_softmax(probs.log(), -1)[0, 0, 3].view(1, 1))
+    # through the policy: bin_mean only changes the greedy decode, never sampling
+    policy = _policy(greedy_actions="bin_mean")
+    obs = _obs()
+    out = policy.act(obs, mode="greedy")
+    argmax = _policy().act(obs, mode="greedy")
+    # an untrained head is near-uniform over the 256 bins: its mean bins sit mid-range, its argmaxes anywhere
+    assert (out.action_tokens.float() - 127.5).abs().max() < 20
+    assert (argmax.action_tokens.float() - 127.5).abs().max() > 60
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    torch.testing.assert_close(
+        policy.act(obs, mode="sample", generator=gen()).action_tokens,
+        _policy().act(obs, mode="sample", generator=gen()).action_tokens,
+    )
+    with pytest.raises(ValueError, match="greedy_actions='median' must be 'argmax' or 'bin_mean'"):
+        _config(greedy_actions="median")
 
 
 def test_stop_sampling_follows_tempered_softmax() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -325,6 +326,15 @@ def test_update_learns_a_one_token_bandit(toy_sft_checkpoint, algo):
             gains.append(rewarded_fraction(policy, obs, gen) - before)
     print(f"{algo}: rewarded-action fraction gain per seed {gains} (32 rows x 8 draws each)")
     assert min(gains) > 0.1, gains  # measured 0.17-0.21; a noise-only change is ~±0.04 (256 draws)
+
+
+def test_rl_refuses_a_forced_reasoning_length_when_it_trains_the_stop(toy_sft_checkpoint, tmp_path):
+    policy = LastR1Policy.from_pretrained(toy_sft_checkpoint)
+    policy.config = dataclasses.replace(policy.config, force_latent_len=2)
+    forced = policy.save_pretrained(tmp_path / "forced")
+    with pytest.raises(ValueError, match="force_latent_len=2.*lapo trains the stop"):
+        rl.train_rl(_cfg(forced, tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything was written
 
 
 def test_stop_lr_is_its_own_parameter_group(toy_sft_checkpoint):

@@ -14,6 +14,7 @@ backend's scripted experts instead of a checkpoint (checks an install without a 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,10 @@ class Config:
     out: str = ""  # default: <checkpoint>/eval (runs/eval-expert/<suite> for --policy expert)
     videos_per_task: int = 1
     seed: int = 0
+    # probes of the deterministic decode (PolicyConfig.force_latent_len / greedy_actions): a fixed
+    # reasoning length instead of the stop rule (0 = the stop rule), argmax or bin_mean actions
+    latent_len: int = 0
+    greedy_actions: str = "argmax"
     threads: int = 1  # torch threads; >1 is much slower when another process keeps a core busy
     progress: bool = True
 
@@ -73,7 +78,7 @@ def _protocol(cfg: Config, env: Any) -> dict[str, Any]:
         "trials_per_task": cfg.episodes_per_task,
         "max_steps": {t.name: t.max_steps for t in env.tasks},
         "image_size": cfg.env.image_size,
-        "actions": "greedy, deterministic stop rule" if cfg.policy == "checkpoint" else "scripted expert",
+        "actions": _decode_name(cfg) if cfg.policy == "checkpoint" else "scripted expert",
         "seed": cfg.seed,
         "versions": stack_versions(),
     }
@@ -83,6 +88,11 @@ def _protocol(cfg: Config, env: Any) -> dict[str, Any]:
         proto["settle_steps"] = SETTLE_STEPS
         proto["image_orientation"] = "rotated 180 degrees (upright), as the reference models expect"
     return proto
+
+
+def _decode_name(cfg: Config) -> str:
+    stop = f"reasoning length fixed at {cfg.latent_len}" if cfg.latent_len else "deterministic stop rule"
+    return f"greedy ({cfg.greedy_actions}), {stop}"
 
 
 def run(cfg: Config) -> int:
@@ -103,6 +113,10 @@ def run(cfg: Config) -> int:
     policy: Any = None
     if cfg.policy == "checkpoint":
         policy = LastR1Policy.from_pretrained(cfg.checkpoint).eval()
+        # replace() re-runs PolicyConfig's checks, so a bad probe value fails before any episode
+        policy.config = dataclasses.replace(
+            policy.config, force_latent_len=cfg.latent_len, greedy_actions=cfg.greedy_actions
+        )
         if env_cfg.image_size != policy.config.image_size:
             print(f"note: using env.image_size={policy.config.image_size} to match the checkpoint")
             env_cfg.image_size = policy.config.image_size

@@ -168,11 +168,19 @@ def choose_stop(
 def sample_tokens(
     logits: torch.Tensor, mode: str, temperature: float, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample (or argmax) from ``softmax(logits / temperature)`` over the last axis; return tokens and log-probs."""
+    """Pick one token per position from ``softmax(logits / temperature)``; return tokens and log-probs.
+
+    ``sample`` draws, ``greedy`` takes the argmax, ``mean`` the bin nearest the distribution's mean
+    index. Action bins are ordered values, so the mean is a deterministic decode that, unlike the
+    argmax of a broad distribution, does not jump between distant near-tied bins.
+    """
     logp_all = F.log_softmax(logits / temperature, dim=-1)
     if mode == "sample":
         flat = logp_all.reshape(-1, logp_all.shape[-1]).exp()
         tokens = torch.multinomial(flat, 1, generator=generator).view(logits.shape[:-1])
+    elif mode == "mean":
+        bins = torch.arange(logits.shape[-1], device=logits.device, dtype=logp_all.dtype)
+        tokens = (logp_all.exp() * bins).sum(-1).round().long()
     else:
         tokens = logits.argmax(dim=-1)
     return tokens, logp_all.gather(-1, tokens[..., None]).squeeze(-1)

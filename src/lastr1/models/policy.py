@@ -56,6 +56,11 @@ class PolicyConfig:
     latent_group: int = 2  # a stop candidate after every `latent_group` latents
     stop_temperature: float = 1.6
     eval_stop_threshold: float = 0.99  # greedy: first candidate with sigmoid(stop logit) >= this
+    # evaluation probes (both act modes; RL refuses them for algorithms that train the stop):
+    # a fixed reasoning length instead of the stop decision (0 = the stop decides), and the greedy
+    # action decode: the argmax bin (reference) or the bin nearest the distribution's mean
+    force_latent_len: int = 0
+    greedy_actions: Literal["argmax", "bin_mean"] = "argmax"
     latent_noise_std: float = 0.0  # Gaussian noise on fed-back latents when sampling (reference: 0)
     chunk: int = 8
     action_dim: int = 7
@@ -80,6 +85,19 @@ class PolicyConfig:
             (self.use_proprio is False or self.proprio_dim > 0, "use_proprio needs proprio_dim > 0"),
             (self.image_size >= 8 and self.num_views >= 1, "image_size must be >= 8 and num_views >= 1"),
             (self.target_dim >= 0, f"target_dim={self.target_dim} must be >= 0"),
+            (
+                self.force_latent_len == 0
+                or (
+                    0 < self.force_latent_len <= self.k_max and self.force_latent_len % self.latent_group == 0
+                ),
+                f"force_latent_len={self.force_latent_len} must be 0 (the stop decides) or a reasoning "
+                f"length the stop could choose: a multiple of latent_group={self.latent_group} up to "
+                f"k_max={self.k_max}",
+            ),
+            (
+                self.greedy_actions in ("argmax", "bin_mean"),
+                f"greedy_actions={self.greedy_actions!r} must be 'argmax' or 'bin_mean'",
+            ),
         ]
         for ok, msg in checks:
             if not ok:
@@ -312,15 +330,21 @@ class LastR1Policy(nn.Module):
         stop_logits = self._stop_logits(chain)
         if lay.k_max:
             stop_index, logp_stop = choose_stop(stop_logits, mode, s_temp, cfg.eval_stop_threshold, generator)
+            if cfg.force_latent_len:
+                stop_index = torch.full_like(stop_index, cfg.force_latent_len // lay.latent_group - 1)
+                logp_stop = (
+                    F.log_softmax(stop_logits / s_temp, dim=-1).gather(1, stop_index[:, None]).squeeze(1)
+                )
         else:
             stop_index, logp_stop = (
                 torch.zeros(b, dtype=torch.long, device=prefix.device),
                 prefix.new_zeros(b),
             )
         latent_len = lay.latent_len(stop_index)
+        tok_mode = "mean" if mode == "greedy" and cfg.greedy_actions == "bin_mean" else mode
         if cfg.decoding == "parallel":
             hidden = stream.feed(self._action_inputs(b, None), latent_len)
-            tokens, logp_tokens = sample_tokens(self.action_head(hidden), mode, a_temp, generator)
+            tokens, logp_tokens = sample_tokens(self.action_head(hidden), tok_mode, a_temp, generator)
         else:
             tok_list: list[torch.Tensor] = []
             lp_list: list[torch.Tensor] = []
@@ -329,7 +353,7 @@ class LastR1Policy(nn.Module):
                 if j > 0:
                     emb = emb + self.action_token_embed(tok_list[-1])[:, None]
                 hidden = stream.feed(emb, latent_len)
-                tok, lp = sample_tokens(self.action_head(hidden[:, 0]), mode, a_temp, generator)
+                tok, lp = sample_tokens(self.action_head(hidden[:, 0]), tok_mode, a_temp, generator)
                 tok_list.append(tok)
                 lp_list.append(lp)
             tokens, logp_tokens = torch.stack(tok_list, 1), torch.stack(lp_list, 1)

@@ -273,6 +273,11 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     if cfg.latent_noise_std >= 0:
         policy.config.latent_noise_std = cfg.latent_noise_std
     policy.value_detached = not cfg.value_trains_backbone
+    if policy.config.force_latent_len and get_algorithm(cfg.algo.name).trains_reasoning:
+        raise ValueError(
+            f"the policy forces its reasoning length (policy.force_latent_len={policy.config.force_latent_len}), "
+            f"an evaluation probe: {cfg.algo.name} trains the stop on lengths it samples; set it to 0"
+        )
     policy.eval()
     anchor = None
     if cfg.algo.kl_coef > 0:  # the KL anchor is the policy RL started from, also after a resume
