@@ -92,6 +92,13 @@ def _args() -> argparse.Namespace:
         default=AlgoConfig.w_latent,
         help="LAPO latent weight (reference 0.1; 0 = ablation)",
     )
+    p.add_argument(
+        "--stop-scope",
+        default="decision",
+        choices=["decision", "episode"],
+        help="stop chosen per action chunk (reference) or once per episode (PolicyConfig.stop_scope); "
+        "applies to every algorithm and to the SFT 'before' evaluation",
+    )
     p.add_argument("--w-end", type=float, default=AlgoConfig.w_end, help="LAPO stop weight (reference 1)")
     p.add_argument(
         "--jobs", type=int, default=1, help="runs in parallel worker processes (use --vector sync with > 1)"
@@ -147,6 +154,7 @@ def _run(a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progre
         eval_episodes_per_task=a.eval_episodes,
         eval_at_start=False,
         eval_sampled=True,
+        stop_scope=a.stop_scope,
         seed=seed,
         progress=progress,  # a bar per run when runs are sequential: each takes minutes
     )
@@ -239,6 +247,7 @@ def _befores(
         # the sampled policy at the rollout temperatures, exactly as RL's own sampled evaluations
         policy.config.action_temperature = a.action_temperature
         policy.config.stop_temperature = RLConfig.stop_temperature
+        policy.config.stop_scope = a.stop_scope
         with make_env(env_cfg) as env:
             for path, (mode, k) in missing.items():
                 save_eval(evaluate(policy, env, a.eval_episodes, mode=mode, seed=k), path)

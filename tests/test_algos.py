@@ -114,23 +114,27 @@ def _reference_lapo(new: NewTerms, old: OldTerms, cfg: AlgoConfig) -> torch.Tens
             / n
         )
         le = surr(torch.exp(new.logp_stop[i] - old.logp_stop[i]), a)
+        w_end = cfg.w_end if old.stop_mask is None or old.stop_mask[i] else 0.0  # kept stop: no term
         sq = sum(
             ((old.latents[i, k] - new.latent_mu[i, k]) ** 2).sum()
             for k in range(old.latents.shape[1])
             if old.latent_mask[i, k]
         )
         lz = surr(torch.exp(-sq / (2 * cfg.latent_sigma**2)), a)
-        pol = cfg.w_action * (n * la + cfg.w_end * le) / (n + cfg.w_end) + cfg.w_latent * lz
+        pol = cfg.w_action * (n * la + w_end * le) / (n + w_end) + cfg.w_latent * lz
         vc = old.values[i] + torch.clamp(new.values[i] - old.values[i], -cfg.value_clip, cfg.value_clip)
         vl = 0.5 * torch.maximum((new.values[i] - old.returns[i]) ** 2, (vc - old.returns[i]) ** 2)
         total = total + (pol + cfg.value_coef * vl - cfg.entropy_coef * new.entropy[i]) / b
     return total
 
 
+@pytest.mark.parametrize("stop_mask", [None, [True, False, False, True, False]])
 @pytest.mark.parametrize("sigma", [10.0, 2.0])
-def test_lapo_loss_and_gradients_match_float64_reference(sigma):
+def test_lapo_loss_and_gradients_match_float64_reference(sigma, stop_mask):
     cfg = AlgoConfig(latent_sigma=sigma, entropy_coef=0.01)
     new64, old64 = _terms()
+    if stop_mask is not None:  # stop_scope "episode": only the first decisions chose their stop
+        old64.stop_mask = torch.tensor(stop_mask)
     ref = _reference_lapo(new64, old64, cfg)
     ref_grads = torch.autograd.grad(
         ref, [new64.logp_action_tokens, new64.logp_stop, new64.latent_mu, new64.values]
@@ -140,12 +144,11 @@ def test_lapo_loss_and_gradients_match_float64_reference(sigma):
         return None if x is None else x.detach().float().requires_grad_(x.requires_grad)
 
     new32 = NewTerms(*(to32(getattr(new64, f)) for f in NewTerms.__dataclass_fields__))
-    old32 = OldTerms(
-        *(
-            getattr(old64, f).float() if getattr(old64, f).is_floating_point() else getattr(old64, f)
-            for f in OldTerms.__dataclass_fields__
-        )
-    )
+
+    def old32(x):
+        return x.float() if x is not None and x.is_floating_point() else x
+
+    old32 = OldTerms(*(old32(getattr(old64, f)) for f in OldTerms.__dataclass_fields__))
     loss, metrics = get_algorithm("lapo").loss(new32, old32, cfg)
     grads = torch.autograd.grad(
         loss, [new32.logp_action_tokens, new32.logp_stop, new32.latent_mu, new32.values]
@@ -154,6 +157,9 @@ def test_lapo_loss_and_gradients_match_float64_reference(sigma):
     for g, rg in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g.double(), rg, rtol=1e-4, atol=1e-6)
     assert 0.0 <= metrics["clip_frac"] <= 1.0 and metrics["latent_ratio"] <= 1.0
+    if stop_mask is not None:  # decisions that kept an earlier stop get no stop gradient
+        kept = ~torch.tensor(stop_mask)
+        assert torch.all(grads[1][kept] == 0) and torch.any(grads[1][~kept] != 0)  # (clipped ones are 0)
 
 
 def test_latent_ratio_at_most_one_and_pulls_toward_stored_latent_for_positive_advantage():

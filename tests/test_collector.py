@@ -112,6 +112,41 @@ class _Scripted:
         return _Out(torch.from_numpy(actions), torch.arange(b, dtype=torch.float32), torch.full((b,), 2))
 
 
+def test_episode_stop_scope_keeps_the_first_decisions_length(policy):
+    import dataclasses
+
+    per_episode = LastR1Policy(dataclasses.replace(policy.config, stop_scope="episode")).eval()
+    per_episode.load_state_dict(policy.state_dict())
+    specs = [EpisodeSpec(i % 2, "train", i) for i in range(6)]
+    with _env(num_envs=6, max_steps=30) as env:
+        roll = collect(env, per_episode, specs, generator=torch.Generator().manual_seed(1))
+        free = collect(env, policy, specs, generator=torch.Generator().manual_seed(1))
+    out = roll.out
+    firsts = roll.index[:, 0]
+    assert out.stop_chosen[firsts].all() and int(out.stop_chosen.sum()) == len(specs)  # one choice each
+    for i in range(len(specs)):
+        rows = roll.index[i][roll.mask[i]]
+        assert (out.latent_len[rows] == out.latent_len[rows[0]]).all()
+        assert (roll.latent_len[i][roll.mask[i]] == out.latent_len[rows[0]]).all()
+    # the kept decisions' stop log-prob is still their own categorical's at the kept candidate
+    lp = per_episode.log_probs(PolicyBatch.from_act(out))
+    assert (lp.logp_stop - out.logp_stop).abs().max() <= 1e-5
+    # the sampled lengths differ between episodes, and per decision without the episode scope
+    assert len(set(out.latent_len[firsts].tolist())) > 1
+    assert free.out.stop_chosen.all()
+    changes = [
+        len(set(free.out.latent_len[free.index[i][free.mask[i]]].tolist())) > 1 for i in range(len(specs))
+    ]
+    assert any(changes)
+    # through old_terms: the stop term's mask
+    adv = torch.zeros_like(roll.rewards)
+    terms = rl.old_terms(roll, adv, adv)
+    assert terms.stop_mask is not None and torch.equal(terms.stop_mask, out.stop_chosen)
+    assert (
+        rl.old_terms(free, torch.zeros_like(free.rewards), torch.zeros_like(free.rewards)).stop_mask is None
+    )
+
+
 def test_episodes_end_at_success_or_max_steps():
     max_steps = 30
     specs = [EpisodeSpec(0, "train", i) for i in range(2)] + [EpisodeSpec(1, "train", i) for i in range(2)]

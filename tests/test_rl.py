@@ -328,6 +328,18 @@ def test_update_learns_a_one_token_bandit(toy_sft_checkpoint, algo):
     assert min(gains) > 0.1, gains  # measured 0.17-0.21; a noise-only change is ~±0.04 (256 draws)
 
 
+def test_lapo_with_one_stop_per_episode_trains_the_stop_and_saves_the_scope(toy_sft_checkpoint, tmp_path):
+    out = tmp_path / "episode"
+    state = train_rl(_cfg(toy_sft_checkpoint, out, stop_scope="episode", iterations=2, eval_every=0))
+    assert state["iteration"] == 2 and "stopped" not in state
+    final = LastR1Policy.from_pretrained(out / "final")
+    assert final.config.stop_scope == "episode"  # evaluations of the RL policy keep its stop scope
+    before, after = _weights(toy_sft_checkpoint), _weights(out / "final")
+    assert "stop_head.weight" in _changed(before, after, "stop_head")
+    with pytest.raises(ValueError, match="stop_scope='sometimes' must be 'decision'"):
+        train_rl(_cfg(toy_sft_checkpoint, tmp_path / "bad", stop_scope="sometimes"))
+
+
 def test_rl_refuses_a_forced_reasoning_length_when_it_trains_the_stop(toy_sft_checkpoint, tmp_path):
     policy = LastR1Policy.from_pretrained(toy_sft_checkpoint)
     policy.config = dataclasses.replace(policy.config, force_latent_len=2)

@@ -60,10 +60,14 @@ class OldTerms:
     logp_stop: torch.Tensor  # (B,) chosen stop candidate; zeros when the policy has no latents
     latents: torch.Tensor  # (B, K, D) latents fed back during the rollout
     latent_mask: torch.Tensor  # (B, K) bool, valid slots (the chosen reasoning length)
+    # (B,) bool: decisions that chose their stop. None = all of them (PolicyConfig.stop_scope
+    # "decision"); with "episode" only an episode's first decision does, the rest keep its length
+    stop_mask: torch.Tensor | None = None
 
     def index(self, idx: torch.Tensor) -> OldTerms:
         """The minibatch of decisions at ``idx``."""
-        return OldTerms(**{k: getattr(self, k)[idx] for k in OldTerms.__dataclass_fields__})
+        fields = {k: getattr(self, k) for k in OldTerms.__dataclass_fields__}
+        return OldTerms(**{k: None if v is None else v[idx] for k, v in fields.items()})
 
 
 @dataclass

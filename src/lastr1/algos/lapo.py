@@ -15,7 +15,8 @@ Each ratio enters ``L(r) = max(−A·r, −A·clip(r, 1−ε_lo, 1+ε_hi))``, co
 
     L = w_a · (n·L_a + w_e·L_e) / (n + w_e) + w_z · L_z + c_v · L_value − c_H · H
 
-with ``n = C·7`` action tokens (so the stop is one more "token", weighted ``w_e``) and the clipped
+with ``n = C·7`` action tokens (so the stop is one more "token", weighted ``w_e``; ``w_e = 0`` on
+decisions that kept an earlier decision's stop, ``PolicyConfig.stop_scope="episode"``) and the clipped
 value loss ``0.5·max((v − R)², (v_clip − R)²)``. Reference weights: w_a = w_e = 1, w_z = 0.1.
 """
 
@@ -50,10 +51,13 @@ class Lapo:
             l_end, end_clipped = clipped_surrogate(
                 new.logp_stop - old.logp_stop, adv, cfg.clip_low, cfg.clip_high
             )
-            l_act_end = (n * l_action + cfg.w_end * l_end) / (n + cfg.w_end)
+            # decisions that kept an earlier stop (stop_scope "episode") carry no stop term
+            w_end = cfg.w_end if old.stop_mask is None else cfg.w_end * old.stop_mask.to(l_end.dtype)
+            l_act_end = (n * l_action + w_end * l_end) / (n + w_end)
             z_log_ratio = latent_log_ratio(old.latents, new.latent_mu, old.latent_mask, cfg.latent_sigma)
             l_latent, _ = clipped_surrogate(z_log_ratio, adv, cfg.clip_low, cfg.clip_high)
-            metrics["stop_clip_frac"] = float(end_clipped.float().mean().detach())
+            chose = end_clipped if old.stop_mask is None else end_clipped[old.stop_mask]
+            metrics["stop_clip_frac"] = float(chose.float().mean()) if chose.numel() else 0.0
             metrics["latent_ratio"] = float(torch.exp(z_log_ratio.detach()).mean())
         else:  # a policy without latents: LAPO degenerates to action PPO
             l_act_end = l_action

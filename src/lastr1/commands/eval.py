@@ -54,6 +54,7 @@ class Config:
     # reasoning length instead of the stop rule (0 = the stop rule), argmax or bin_mean actions
     latent_len: int = 0
     greedy_actions: str = "argmax"
+    stop_scope: str = ""  # PolicyConfig.stop_scope ("decision" | "episode"); "" = the checkpoint's
     threads: int = 1  # torch threads; >1 is much slower when another process keeps a core busy
     progress: bool = True
 
@@ -92,6 +93,8 @@ def _protocol(cfg: Config, env: Any) -> dict[str, Any]:
 
 def _decode_name(cfg: Config) -> str:
     stop = f"reasoning length fixed at {cfg.latent_len}" if cfg.latent_len else "deterministic stop rule"
+    if cfg.stop_scope == "episode" and not cfg.latent_len:
+        stop += " at each episode's first decision"
     return f"greedy ({cfg.greedy_actions}), {stop}"
 
 
@@ -115,8 +118,12 @@ def run(cfg: Config) -> int:
         policy = LastR1Policy.from_pretrained(cfg.checkpoint).eval()
         # replace() re-runs PolicyConfig's checks, so a bad probe value fails before any episode
         policy.config = dataclasses.replace(
-            policy.config, force_latent_len=cfg.latent_len, greedy_actions=cfg.greedy_actions
+            policy.config,
+            force_latent_len=cfg.latent_len,
+            greedy_actions=cfg.greedy_actions,
+            stop_scope=cfg.stop_scope or policy.config.stop_scope,
         )
+        cfg.stop_scope = policy.config.stop_scope  # the protocol records the scope that ran
         if env_cfg.image_size != policy.config.image_size:
             print(f"note: using env.image_size={policy.config.image_size} to match the checkpoint")
             env_cfg.image_size = policy.config.image_size

@@ -61,6 +61,10 @@ class PolicyConfig:
     # action decode: the argmax bin (reference) or the bin nearest the distribution's mean
     force_latent_len: int = 0
     greedy_actions: Literal["argmax", "bin_mean"] = "argmax"
+    # "decision" (reference): the stop is chosen at every action chunk. "episode": it is chosen at an
+    # episode's first decision and kept (the collector passes it back), so one stop decision decides
+    # the whole episode's reasoning length and RL credits it with the whole outcome (docs/rl.md)
+    stop_scope: Literal["decision", "episode"] = "decision"
     latent_noise_std: float = 0.0  # Gaussian noise on fed-back latents when sampling (reference: 0)
     chunk: int = 8
     action_dim: int = 7
@@ -93,6 +97,10 @@ class PolicyConfig:
                 f"force_latent_len={self.force_latent_len} must be 0 (the stop decides) or a reasoning "
                 f"length the stop could choose: a multiple of latent_group={self.latent_group} up to "
                 f"k_max={self.k_max}",
+            ),
+            (
+                self.stop_scope in ("decision", "episode"),
+                f"stop_scope={self.stop_scope!r} must be 'decision' (reference) or 'episode'",
             ),
             (
                 self.greedy_actions in ("argmax", "bin_mean"),
@@ -307,12 +315,15 @@ class LastR1Policy(nn.Module):
         mode: Literal["sample", "greedy"] = "sample",
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        keep_stop: torch.Tensor | None = None,
     ) -> ActionOutput:
         """Reason, choose the length, decode an action chunk.
 
         ``obs`` is an :class:`~lastr1.envs.base.Observation` (or already-encoded :class:`PolicyInputs`).
         All ``k_max`` latent steps always run (the stop categorical needs every candidate's logit);
         ``use_cache=False`` recomputes the whole sequence per step (the latency baseline).
+        ``keep_stop`` ``(B,)``: stop candidates chosen earlier (``stop_scope="episode"``), used instead
+        of a new choice and marked ``stop_chosen=False``.
         """
         if mode not in ("sample", "greedy"):
             raise ValueError(f"act mode={mode!r} must be 'sample' or 'greedy'")
@@ -332,6 +343,9 @@ class LastR1Policy(nn.Module):
             stop_index, logp_stop = choose_stop(stop_logits, mode, s_temp, cfg.eval_stop_threshold, generator)
             if cfg.force_latent_len:
                 stop_index = torch.full_like(stop_index, cfg.force_latent_len // lay.latent_group - 1)
+            elif keep_stop is not None:
+                stop_index = keep_stop.to(stop_index)
+            if cfg.force_latent_len or keep_stop is not None:
                 logp_stop = (
                     F.log_softmax(stop_logits / s_temp, dim=-1).gather(1, stop_index[:, None]).squeeze(1)
                 )
@@ -371,6 +385,7 @@ class LastR1Policy(nn.Module):
             value=self._value(chain, latent_len),
             action_temperature=torch.full((b,), a_temp, device=prefix.device),
             stop_temperature=torch.full((b,), s_temp, device=prefix.device),
+            stop_chosen=torch.full((b,), keep_stop is None and lay.k_max > 0, device=prefix.device),
             inputs=inputs,
         )
 

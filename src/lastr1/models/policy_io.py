@@ -91,6 +91,7 @@ class ActionOutput(_TensorData):
     value: torch.Tensor  # float (B,)
     action_temperature: torch.Tensor  # float (B,): temperature the tokens were drawn at (1 for greedy)
     stop_temperature: torch.Tensor  # float (B,)
+    stop_chosen: torch.Tensor  # bool (B,): False where the stop was kept from an earlier decision
     inputs: PolicyInputs
 
     def __len__(self) -> int:

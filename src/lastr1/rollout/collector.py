@@ -26,7 +26,11 @@ class ActingPolicy(Protocol):
     """What the collector needs from a policy (``lastr1.models.policy.LastR1Policy`` satisfies it)."""
 
     def act(
-        self, obs: Observation, mode: str = "sample", generator: torch.Generator | None = None
+        self,
+        obs: Observation,
+        mode: str = "sample",
+        generator: torch.Generator | None = None,
+        keep_stop: torch.Tensor | None = None,
     ) -> Any: ...
 
 
@@ -101,13 +105,22 @@ def collect(
     out_rows: list[Any] = []
     per_slot: list[list[tuple[int, float, int, float]]] = [[] for _ in range(n)]  # (row, reward, len, value)
     row = 0
+    # stop_scope "episode": the first decision's stop candidate per slot, kept for the episode
+    per_episode = getattr(getattr(policy, "config", None), "stop_scope", "decision") == "episode"
+    kept: torch.Tensor | None = None
     while not done.all():
         live = np.flatnonzero(~done)
         sub_obs = obs.select(live)
         t1 = time.perf_counter()
         with torch.no_grad():
-            out = policy.act(sub_obs, mode=mode, generator=generator)
+            if kept is None:
+                out = policy.act(sub_obs, mode=mode, generator=generator)
+            else:
+                out = policy.act(sub_obs, mode=mode, generator=generator, keep_stop=kept[live])
         t_policy += time.perf_counter() - t1
+        if per_episode and kept is None:  # every slot starts together, so all choose at row 0
+            kept = torch.zeros(n, dtype=torch.long)
+            kept[live] = out.stop_index.cpu()
         actions = _as_numpy_actions(out.actions)  # (B, C, 7)
         full = np.zeros((n, *actions.shape[1:]), dtype=np.float64)
         full[live] = actions

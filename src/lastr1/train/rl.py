@@ -7,6 +7,7 @@ Rollouts use only ``train`` initial states; periodic evaluation uses the disjoin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -65,6 +66,9 @@ class RLConfig:
     action_temperature: float = 1.6
     stop_temperature: float = 1.6
     latent_noise_std: float = -1.0  # < 0 keeps the checkpoint's value
+    # PolicyConfig.stop_scope for rollouts, evaluations and the saved policy: "decision" (reference),
+    # "episode" (one stop per episode, docs/rl.md); "" keeps the checkpoint's
+    stop_scope: str = ""
     eval_every: int = 5  # iterations; 0 = only at the end
     eval_episodes_per_task: int = 10
     eval_at_start: bool = True  # evaluate the starting checkpoint as iteration 0 (the "before" number)
@@ -143,6 +147,7 @@ def old_terms(roll: Rollout, adv: torch.Tensor, ret: torch.Tensor) -> OldTerms:
         logp_stop=out.logp_stop,
         latents=out.latents,
         latent_mask=out.latent_mask,
+        stop_mask=None if bool(out.stop_chosen.all()) else out.stop_chosen,
     )
 
 
@@ -272,6 +277,8 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     policy.config.stop_temperature = cfg.stop_temperature
     if cfg.latent_noise_std >= 0:
         policy.config.latent_noise_std = cfg.latent_noise_std
+    if cfg.stop_scope:  # replace() re-runs PolicyConfig's checks on the value
+        policy.config = dataclasses.replace(policy.config, stop_scope=cfg.stop_scope)
     policy.value_detached = not cfg.value_trains_backbone
     if policy.config.force_latent_len and get_algorithm(cfg.algo.name).trains_reasoning:
         raise ValueError(
