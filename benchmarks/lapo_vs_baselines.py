@@ -99,6 +99,12 @@ def _args() -> argparse.Namespace:
         help="stop chosen per action chunk (reference) or once per episode (PolicyConfig.stop_scope); "
         "applies to every algorithm and to the SFT 'before' evaluation",
     )
+    p.add_argument(
+        "--latent-sigma",
+        type=float,
+        default=AlgoConfig.latent_sigma,
+        help="LAPO latent ratio's σ (reference 10)",
+    )
     p.add_argument("--w-end", type=float, default=AlgoConfig.w_end, help="LAPO stop weight (reference 1)")
     p.add_argument(
         "--jobs", type=int, default=1, help="runs in parallel worker processes (use --vector sync with > 1)"
@@ -136,6 +142,7 @@ def _run(a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progre
             kl_coef=a.kl_coef,
             w_latent=a.w_latent,
             w_end=a.w_end,
+            latent_sigma=a.latent_sigma,
         ),
         checkpoint=a.checkpoint,
         out=str(run),
