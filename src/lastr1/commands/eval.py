@@ -117,12 +117,15 @@ def run(cfg: Config) -> int:
     if cfg.policy == "checkpoint":
         policy = LastR1Policy.from_pretrained(cfg.checkpoint).eval()
         # replace() re-runs PolicyConfig's checks, so a bad probe value fails before any episode
-        policy.config = dataclasses.replace(
-            policy.config,
-            force_latent_len=cfg.latent_len,
-            greedy_actions=cfg.greedy_actions,
-            stop_scope=cfg.stop_scope or policy.config.stop_scope,
-        )
+        try:
+            policy.config = dataclasses.replace(
+                policy.config,
+                force_latent_len=cfg.latent_len,
+                greedy_actions=cfg.greedy_actions,
+                stop_scope=cfg.stop_scope or policy.config.stop_scope,
+            )
+        except ValueError as err:  # name the eval fields the user set, not the policy's
+            raise ValueError(f"latent_len / greedy_actions / stop_scope: {err}") from None
         cfg.stop_scope = policy.config.stop_scope  # the protocol records the scope that ran
         if env_cfg.image_size != policy.config.image_size:
             print(f"note: using env.image_size={policy.config.image_size} to match the checkpoint")
