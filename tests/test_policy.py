@@ -195,6 +195,7 @@ def test_forced_reasoning_length_overrides_the_stop_in_both_modes() -> None:
         assert out.latent_len.tolist() == [2] * B and torch.equal(
             out.stop_index, torch.zeros(B, dtype=torch.long)
         )
+        assert not out.stop_chosen.any()  # a forced length is not a choice of the stop
         # the log-prob is the stop categorical's at the forced candidate, so re-scoring stays exact
         temp = 1.6 if mode == "sample" else 1.0
         expected = torch.log_softmax(out.stop_logits / temp, -1)[:, 0]

@@ -55,7 +55,7 @@ class PolicyConfig:
     k_max: int = 8  # latent slots; 0 = no latents and no stop decision
     latent_group: int = 2  # a stop candidate after every `latent_group` latents
     stop_temperature: float = 1.6
-    eval_stop_threshold: float = 0.99  # greedy: first candidate with sigmoid(stop logit) >= this
+    eval_stop_threshold: float = 0.99  # greedy: first candidate whose hazard p_j / sum_{i>=j} p_i >= this
     # evaluation probes (both act modes; RL refuses them for algorithms that train the stop):
     # a fixed reasoning length instead of the stop decision (0 = the stop decides), and the greedy
     # action decode: the argmax bin (reference) or the bin nearest the distribution's mean
@@ -385,7 +385,9 @@ class LastR1Policy(nn.Module):
             value=self._value(chain, latent_len),
             action_temperature=torch.full((b,), a_temp, device=prefix.device),
             stop_temperature=torch.full((b,), s_temp, device=prefix.device),
-            stop_chosen=torch.full((b,), keep_stop is None and lay.k_max > 0, device=prefix.device),
+            stop_chosen=torch.full(
+                (b,), keep_stop is None and not cfg.force_latent_len and lay.k_max > 0, device=prefix.device
+            ),
             inputs=inputs,
         )
 
