@@ -70,7 +70,7 @@ def stack_versions() -> dict[str, str]:
     return out
 
 
-def _protocol(cfg: Config, env: Any) -> dict[str, Any]:
+def _protocol(cfg: Config, env: Any, policy: Any) -> dict[str, Any]:
     proto: dict[str, Any] = {
         "backend": cfg.env.backend,
         "suite": resolve_suite(cfg.env),
@@ -79,7 +79,7 @@ def _protocol(cfg: Config, env: Any) -> dict[str, Any]:
         "trials_per_task": cfg.episodes_per_task,
         "max_steps": {t.name: t.max_steps for t in env.tasks},
         "image_size": cfg.env.image_size,
-        "actions": _decode_name(cfg) if cfg.policy == "checkpoint" else "scripted expert",
+        "actions": _decode_name(policy.config) if cfg.policy == "checkpoint" else "scripted expert",
         "seed": cfg.seed,
         "versions": stack_versions(),
     }
@@ -91,11 +91,13 @@ def _protocol(cfg: Config, env: Any) -> dict[str, Any]:
     return proto
 
 
-def _decode_name(cfg: Config) -> str:
-    stop = f"reasoning length fixed at {cfg.latent_len}" if cfg.latent_len else "deterministic stop rule"
-    if cfg.stop_scope == "episode" and not cfg.latent_len:
+def _decode_name(pc: Any) -> str:
+    """The greedy decode that ran, from the policy's (probe-adjusted) config."""
+    forced = pc.force_latent_len
+    stop = f"reasoning length fixed at {forced}" if forced else "deterministic stop rule"
+    if pc.stop_scope == "episode" and not forced:
         stop += " at each episode's first decision"
-    return f"greedy ({cfg.greedy_actions}), {stop}"
+    return f"greedy ({pc.greedy_actions}), {stop}"
 
 
 def run(cfg: Config) -> int:
@@ -126,7 +128,6 @@ def run(cfg: Config) -> int:
             )
         except ValueError as err:  # name the eval fields the user set, not the policy's
             raise ValueError(f"latent_len / greedy_actions / stop_scope: {err}") from None
-        cfg.stop_scope = policy.config.stop_scope  # the protocol records the scope that ran
         if env_cfg.image_size != policy.config.image_size:
             print(f"note: using env.image_size={policy.config.image_size} to match the checkpoint")
             env_cfg.image_size = policy.config.image_size
@@ -147,7 +148,7 @@ def run(cfg: Config) -> int:
             videos_per_task=cfg.videos_per_task,
             progress=cfg.progress,
         )
-        result["protocol"] = _protocol(cfg, env)
+        result["protocol"] = _protocol(cfg, env, policy)
     result["suite"] = result["protocol"]["suite"]
     result["checkpoint"] = str(cfg.checkpoint) if cfg.policy == "checkpoint" else None
     path = save_eval(result, out / "eval.json")
