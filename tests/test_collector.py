@@ -131,6 +131,8 @@ def test_episode_stop_scope_keeps_the_first_decisions_length(policy):
     # the kept decisions' stop log-prob is still their own categorical's at the kept candidate
     lp = per_episode.log_probs(PolicyBatch.from_act(out))
     assert (lp.logp_stop - out.logp_stop).abs().max() <= 1e-5
+    # per episode, the mean length is the one the episode chose
+    assert torch.equal(roll.episode_latent_len(), out.latent_len[firsts].float())
     # the sampled lengths differ between episodes, and per decision without the episode scope
     assert len(set(out.latent_len[firsts].tolist())) > 1
     assert free.out.stop_chosen.all()
@@ -145,6 +147,29 @@ def test_episode_stop_scope_keeps_the_first_decisions_length(policy):
     assert (
         rl.old_terms(free, torch.zeros_like(free.rewards), torch.zeros_like(free.rewards)).stop_mask is None
     )
+
+
+def test_episode_latent_len_weighs_every_episode_once():
+    from lastr1.rollout.collector import Rollout
+
+    # a 1-decision success at length 2 and a 3-decision failure at length 8, plus an empty row
+    mask = torch.tensor([[True, False, False], [True, True, True], [False, False, False]])
+    lat = torch.tensor([[2, 0, 0], [8, 8, 8], [0, 0, 0]])
+    zeros = torch.zeros(3, 3)
+    roll = Rollout(
+        out=None,
+        index=torch.where(mask, torch.arange(9).view(3, 3), -1),
+        mask=mask,
+        rewards=zeros,
+        values=zeros,
+        success=torch.tensor([True, False, False]),
+        env_steps=torch.tensor([8, 24, 0]),
+        task=torch.zeros(3, dtype=torch.long),
+        group=torch.arange(3),
+        latent_len=lat,
+    )
+    assert roll.episode_latent_len().tolist() == [2.0, 8.0, 0.0]
+    assert float(lat[mask].float().mean()) == 6.5  # per decision: the failure's length dominates
 
 
 def test_episodes_end_at_success_or_max_steps():

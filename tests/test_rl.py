@@ -79,6 +79,7 @@ def test_rl_end_to_end(toy_sft_checkpoint, tmp_path, algo):
             assert isinstance(r[key], float) and math.isfinite(r[key]), (key, r)
         assert 0.0 <= r["train_success"] <= 1.0
         assert r["decisions"] >= 4 and 2 <= r["latent_len_mean"] <= 4  # lengths are in {2, 4}
+        assert 2 <= r["episode_latent_len_mean"] <= 4 and 2 <= r["episode_latent_len/reach-red"] <= 4
         assert ("value_loss" in r) == (algo != "grpo_action")
         assert ("latent_ratio" in r) == (algo == "lapo")
     steps = [r["env_steps"] for r in train]
@@ -92,6 +93,7 @@ def test_rl_end_to_end(toy_sft_checkpoint, tmp_path, algo):
         res = json.loads((out / "evals" / f"eval_{it:05d}.json").read_text())
         assert res["episodes"] == 4 and set(res["per_task"]) == {"reach-red", "reach-blue"}
         assert res["init_set"] == "eval" and res["mode"] == "greedy"
+        assert 2 <= res["mean_episode_latent_len"] <= 4
         assert (out / "evals" / f"sampled_{it:05d}.json").is_file() == sampled
     for r in evals:
         assert ("eval_sampled_success" in r) == sampled

@@ -50,6 +50,7 @@ def evaluate(
     n = env.num_envs
     success: dict[int, list[bool]] = {t: [] for t in range(len(env.tasks))}
     latent_len: dict[int, list[int]] = {t: [] for t in range(len(env.tasks))}
+    episode_len: dict[int, list[float]] = {t: [] for t in range(len(env.tasks))}
     steps: dict[int, list[int]] = {t: [] for t in range(len(env.tasks))}
     videos: dict[str, str] = {}
     gen = torch.Generator().manual_seed(seed) if mode == "sample" else None
@@ -59,8 +60,10 @@ def evaluate(
         real = len(batch)
         batch = batch + [batch[-1]] * (n - real)  # pad the last round; padded slots are discarded
         roll = collect(env, policy, batch, mode=mode, generator=gen, record_frames=n if videos_dir else 0)
+        per_episode = roll.episode_latent_len()
         for i, spec in enumerate(batch[:real]):
             success[spec.task].append(bool(roll.success[i]))
+            episode_len[spec.task].append(float(per_episode[i]))
             valid = roll.mask[i]
             latent_len[spec.task] += roll.latent_len[i][valid].tolist()
             steps[spec.task].append(int(roll.env_steps[i]))
@@ -83,6 +86,7 @@ def evaluate(
             "success_rate": k / m,
             "ci95": [lo, hi],
             "mean_latent_len": float(np.mean(latent_len[t])) if latent_len[t] else 0.0,
+            "mean_episode_latent_len": float(np.mean(episode_len[t])),
             "mean_env_steps": float(np.mean(steps[t])),
             "success_list": success[t],
             "video": videos.get(task.name),
@@ -97,6 +101,7 @@ def evaluate(
         "success_rate": total_k / total_m,
         "ci95": [lo, hi],
         "mean_latent_len": float(np.mean(all_lat)) if all_lat else 0.0,
+        "mean_episode_latent_len": float(np.mean([x for v in episode_len.values() for x in v])),
         "init_set": init_set,
         "mode": mode,
         "per_task": per_task,

@@ -59,6 +59,18 @@ class Rollout:
     def num_decisions(self) -> int:
         return int(self.mask.sum())
 
+    def episode_latent_len(self) -> torch.Tensor:
+        """``(N,)`` each episode's mean reasoning length over its decisions (0 for an empty episode).
+
+        Why: a mean over *decisions* weights an episode by its duration, and failures run to the step
+        budget, so where the length decides success it reports the failures' length. Averaging per
+        episode first weights every episode once (with ``stop_scope="episode"`` it is the length
+        the episode chose).
+        """
+        counts = self.mask.sum(1)
+        total = (self.latent_len * self.mask).sum(1).float()
+        return torch.where(counts > 0, total / counts.clamp(min=1), torch.zeros_like(total))
+
     def flat(self, padded: torch.Tensor) -> torch.Tensor:
         """Gather an ``(N, T)`` tensor into the flat decision order."""
         out = torch.empty(self.num_decisions, dtype=padded.dtype)

@@ -244,10 +244,14 @@ def _rollout_metrics(roll: Rollout, env: VectorEnv) -> dict[str, Any]:
         m["latent_len_mean"] = float(lat.mean())
         for q in (10, 50, 90):
             m[f"latent_len_p{q}"] = float(torch.quantile(lat, q / 100))
+    per_episode = roll.episode_latent_len()
+    if per_episode.numel():
+        m["episode_latent_len_mean"] = float(per_episode.mean())
     for t, task in enumerate(env.tasks):
         sel = roll.task == t
         if sel.any():
             m[f"latent_len/{task.name}"] = float(roll.latent_len[sel][roll.mask[sel]].float().mean())
+            m[f"episode_latent_len/{task.name}"] = float(per_episode[sel].mean())
             m[f"train_success/{task.name}"] = float(roll.success[sel].float().mean())
     return m
 
@@ -411,6 +415,12 @@ def _evaluate(
         save_eval(sampled, eval_file(out_dir, "sample", it))
         row["eval_sampled_success"] = sampled["success_rate"]
         row.update({f"eval_sampled_success/{k}": v["success_rate"] for k, v in sampled["per_task"].items()})
+        row.update(
+            {
+                f"eval_sampled_episode_latent_len/{k}": v["mean_episode_latent_len"]
+                for k, v in sampled["per_task"].items()
+            }
+        )
         row["sec_eval"] = time.perf_counter() - t0
     logger.log(it, row)
     if cfg.progress:
