@@ -35,7 +35,7 @@ from tqdm import tqdm
 from lastr1.algos import AlgoConfig
 from lastr1.envs import EnvConfig, make_env
 from lastr1.eval.evaluate import eval_files, evaluate, save_eval
-from lastr1.eval.report import plot_learning_curve
+from lastr1.eval.report import plot_learning_curve, plot_task_lengths, task_length_curves
 from lastr1.eval.stats import t_interval
 from lastr1.models.policy import LastR1Policy
 from lastr1.train.metrics import read_metrics
@@ -71,6 +71,12 @@ def _args() -> argparse.Namespace:
     )
     p.add_argument("--vector", default="async", choices=["sync", "async"])
     p.add_argument("--eval-episodes", type=int, default=10, help="per task, on the eval initial states")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="also evaluate every N iterations (learning curves); 0 = at the end",
+    )
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--epochs", type=int, default=1, help="passes over each iteration's rollouts")
     p.add_argument("--minibatches", type=int, default=4)
@@ -125,6 +131,10 @@ def _summary(res: dict[str, Any]) -> dict[str, Any]:
         "episodes": res["episodes"],
         "per_task": {k: v["success_rate"] for k, v in res["per_task"].items()},
         "latent_len_per_task": {k: v["mean_latent_len"] for k, v in res["per_task"].items()},
+        # each episode weighs once (older eval files lack it)
+        "episode_latent_len_per_task": {
+            k: v.get("mean_episode_latent_len") for k, v in res["per_task"].items()
+        },
     }
 
 
@@ -157,7 +167,7 @@ def _run(a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progre
         action_temperature=a.action_temperature,
         lr_warmup_updates=a.lr_warmup,
         value_trains_backbone=not a.attach_value,
-        eval_every=0,
+        eval_every=a.eval_every,
         eval_episodes_per_task=a.eval_episodes,
         eval_at_start=False,
         eval_sampled=True,
@@ -233,9 +243,12 @@ def main() -> None:
         {f"{algo}/seed{seeds[0]}": out / algo / f"seed{seeds[0]}" for algo in results["greedy"]},
         out / "learning_curve.png",
     )
+    runs = {algo: [out / algo / f"seed{k}" for k in seeds] for algo in results["greedy"]}
+    plot_task_lengths(runs, out / "latent_length_per_task.png")
     for mode in MODES:
         print(f"\n== {mode} evaluation ==")
         _print_table(list(befores[mode].values()), results[mode], mode)
+    _print_lengths(runs)
 
 
 def _befores(
@@ -296,6 +309,24 @@ def _print_table(befores: list[dict[str, Any]], results: dict[str, list[dict[str
     for algo, runs in results.items():
         cells = [sum(r["per_task"][t] for r in runs) / len(runs) for t in tasks]
         print(f"{algo:12s} " + " ".join(f"{c:18.1%}" for c in cells))
+
+
+def _print_lengths(runs: dict[str, list[Path]]) -> None:
+    """Whether the reasoning length adapts, and per task: each task's mean sampled length in the
+    training rollouts at the first and last iteration, mean [95 % CI] over seeds, and the change."""
+    print(
+        "\nreasoning length in the training rollouts per task: first → last iteration, mean over seeds; "
+        "change paired per seed [95% CI]"
+    )
+    for algo, dirs in runs.items():
+        for task, curves in task_length_curves(dirs).items():
+            first = [c[0] for c in curves]
+            last = [c[-1] for c in curves]
+            change, half = t_interval([b - a for a, b in zip(first, last, strict=True)])
+            print(
+                f"{algo:12s} {task:26s} {sum(first) / len(first):5.2f} → {sum(last) / len(last):5.2f}  "
+                f"{change:+5.2f} [{change - half:+5.2f}, {change + half:+5.2f}]  ({len(curves)} seeds)"
+            )
 
 
 if __name__ == "__main__":

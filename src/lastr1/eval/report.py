@@ -68,8 +68,12 @@ def plot_latent_length(run: Path, path: Path) -> Path:
     the deterministic stop rule of the greedy evaluations (right), the one the success numbers use."""
     rows = read_metrics(run / "metrics.jsonl")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    episode = any(k.startswith("episode_latent_len/") for r in rows for k in r)
     panels = (
-        ("latent_len/", "training rollouts (sampled stop)"),
+        (
+            "episode_latent_len/" if episode else "latent_len/",
+            f"training rollouts (sampled stop{', mean per episode' if episode else ''})",
+        ),
         ("eval_latent_len/", "evaluation (greedy stop)"),
     )
     for ax, (prefix, title) in zip(axes, panels, strict=True):
@@ -83,6 +87,53 @@ def plot_latent_length(run: Path, path: Path) -> Path:
         if keys:
             ax.legend(fontsize=8)
     axes[0].set_ylabel("mean latent length")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def task_length_curves(runs: list[Path]) -> dict[str, list[list[float]]]:
+    """Per task, each run's mean sampled reasoning length in its training rollouts, one value per
+    iteration (runs cut to the shortest, so seeds line up).
+
+    Per-episode means (``episode_latent_len/<task>``: every episode weighs once) where the runs
+    logged them, else per-decision means (``latent_len/<task>``, older runs), which over-weight the
+    long, failing episodes.
+    """
+    per_run = [read_metrics(run / "metrics.jsonl") for run in runs]
+    per_run = [[r for r in rows if "train_success" in r] for rows in per_run]
+    if not per_run or not all(per_run):
+        return {}
+    n = min(len(rows) for rows in per_run)
+    episode = all(any(k.startswith("episode_latent_len/") for k in rows[0]) for rows in per_run)
+    prefix = "episode_latent_len/" if episode else "latent_len/"
+    tasks = sorted({k[len(prefix) :] for rows in per_run for r in rows for k in r if k.startswith(prefix)})
+    return {
+        task: [[float(r.get(f"{prefix}{task}", float("nan"))) for r in rows[:n]] for rows in per_run]
+        for task in tasks
+    }
+
+
+def plot_task_lengths(groups: dict[str, list[Path]], path: Path) -> Path:
+    """One panel per group (an algorithm): each task's training-rollout reasoning length vs iteration,
+    the mean over the group's runs (seeds) bold and each run thin, so a per-task trend can be told
+    from seed noise."""
+    fig, axes = plt.subplots(
+        1, max(1, len(groups)), figsize=(4.2 * max(1, len(groups)), 3.4), sharey=True, squeeze=False
+    )
+    for ax, (label, runs) in zip(axes[0], groups.items(), strict=False):
+        for task, curves in task_length_curves(runs).items():
+            xs = list(range(1, len(curves[0]) + 1))
+            mean = [sum(c[i] for c in curves) / len(curves) for i in range(len(xs))]
+            line = ax.plot(xs, mean, linewidth=2, label=task)[0]
+            for c in curves:
+                ax.plot(xs, c, linewidth=0.6, alpha=0.4, color=line.get_color())
+        ax.set_title(f"{label} ({len(runs)} runs)", fontsize=10)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("mean latent length (training rollouts)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
