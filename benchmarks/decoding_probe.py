@@ -9,8 +9,10 @@ states under every combination of
 * reasoning length: the stop rule, or fixed at each candidate length (``force_latent_len``);
 * action decode: ``argmax`` (reference) or ``bin_mean`` (the bin nearest the mean index);
 
-plus the sampled policy at the rollout temperatures as a reference row, and prints success per task
-with the episodes counted (95 % Wilson interval on the overall rate).
+plus the sampled policy at the rollout temperatures as a reference row (with ``--sampled-lengths``
+also sampled at each fixed length: whether the reasoning length matters to the policy RL optimises,
+per task, which is what LAPO's stop term can learn), and prints success per task with the episodes
+counted (95 % Wilson interval on the overall rate).
 
     MUJOCO_GL=egl PYTHONPATH=src python benchmarks/decoding_probe.py \\
         --checkpoint runs/demo-default/sft/final --episodes 10
@@ -45,10 +47,14 @@ def _args() -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=200)
     p.add_argument("--placement-scale", type=float, default=0.3, help="Meta-World ranges x this (demo: 0.3)")
     p.add_argument("--num-envs", type=int, default=4)
-    p.add_argument("--action-decodes", default="argmax,bin_mean")
+    p.add_argument("--action-decodes", default="argmax,bin_mean", help="greedy rows; '' = none")
     p.add_argument("--lengths", default="", help="fixed lengths to probe (default: every stop candidate)")
     p.add_argument("--action-temperature", type=float, default=1.0, help="sampled row (demo RL: 1.0)")
     p.add_argument("--stop-temperature", type=float, default=1.6, help="sampled row (reference: 1.6)")
+    p.add_argument(
+        "--sampled-lengths", action="store_true", help="also sample at each fixed length, not only the stop"
+    )
+    p.add_argument("--stop-scope", default="", help="PolicyConfig.stop_scope; '' = the checkpoint's")
     p.add_argument("--out", default="", help="write every result to this JSON file")
     return p.parse_args()
 
@@ -58,9 +64,11 @@ def main() -> None:
     torch.set_num_threads(1)
     policy = LastR1Policy.from_pretrained(a.checkpoint).eval()
     base = policy.config
+    if a.stop_scope:
+        base = dataclasses.replace(base, stop_scope=a.stop_scope)
     lengths = [int(x) for x in a.lengths.split(",")] if a.lengths else policy.layout.candidate_lengths()
     rows: list[tuple[str, str, Any]] = []  # (name, act mode, config)
-    for decode in a.action_decodes.split(","):
+    for decode in filter(None, a.action_decodes.split(",")):
         rows.append((f"{decode}, stop rule", "greedy", dataclasses.replace(base, greedy_actions=decode)))
         for length in lengths:
             cfg = dataclasses.replace(base, greedy_actions=decode, force_latent_len=length)
@@ -68,7 +76,17 @@ def main() -> None:
     sampled = dataclasses.replace(
         base, action_temperature=a.action_temperature, stop_temperature=a.stop_temperature
     )
-    rows.append((f"sampled (T {a.action_temperature:g} / stop {a.stop_temperature:g})", "sample", sampled))
+    temps = f"T {a.action_temperature:g}"
+    rows.append((f"sampled ({temps} / stop {a.stop_temperature:g})", "sample", sampled))
+    if a.sampled_lengths:
+        for length in lengths:
+            rows.append(
+                (
+                    f"sampled ({temps}), length {length}",
+                    "sample",
+                    dataclasses.replace(sampled, force_latent_len=length),
+                )
+            )
     env_cfg = EnvConfig(
         backend="metaworld",
         tasks=a.tasks.split(","),
