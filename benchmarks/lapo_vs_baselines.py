@@ -21,7 +21,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -175,10 +174,11 @@ def _run(a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progre
         seed=seed,
         progress=progress,  # a bar per run when runs are sequential: each takes minutes
     )
-    t0 = time.perf_counter()
     state = train_rl(cfg)  # resumes a finished or killed run instead of redoing it
-    wall = time.perf_counter() - t0
-    rows = [r for r in read_metrics(run / "metrics.jsonl") if "train_success" in r]
+    logged = read_metrics(run / "metrics.jsonl")
+    # the run's own logged seconds, not this call's: a resumed (finished) run returns at once
+    wall = sum(r.get("sec_collect", 0.0) + r.get("sec_update", 0.0) + r.get("sec_eval", 0.0) for r in logged)
+    rows = [r for r in logged if "train_success" in r]
     records = {}
     for mode in MODES:
         after = json.loads(eval_files(run, mode)[-1].read_text())
