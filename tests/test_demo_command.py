@@ -36,6 +36,7 @@ def test_demo_quick_writes_a_complete_report(tmp_path):
     # the setting (with the placement scale) and the sampled policy's before/after are stated
     assert "0.3x the benchmark's ranges (`env.placement_scale`)" in report
     assert "RL: 2 iterations x 4 rollouts, lr 0.0001" in report and "value head detached from" in report
+    assert "action temperature 0.5, one stop decision per episode (stop head lr 0.003)" in report
     assert "The sampled policy (the rollout temperatures" in report
     assert len(re.findall(r"^\| \*\*overall\*\* \|", report, re.M)) == 2  # greedy and sampled tables
     # the learning curve and latent-length plots, linked and written

@@ -43,7 +43,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rollouts_per_iter": 64,
         "rl_epochs": 1,
         "rl_lr": 1e-4,
-        "rl_action_temperature": 1.0,
+        # one stop decision per episode, sampled actions at T 0.5, the stop head at 30x the policy lr:
+        # the setting where LAPO's stop learns within this budget (docs/rl.md, 5 seeds); at T 1.0 and
+        # one stop per action chunk the reasoning length barely changes an episode's outcome
+        "rl_action_temperature": 0.5,
+        "rl_stop_scope": "episode",
+        "rl_stop_lr": 3e-3,
+        "rl_group_size": 8,  # grpo_action: 8 rollouts from each of 8 starts per iteration
         "rl_value_trains_backbone": False,  # the critic reads the features but does not shape them
         # KL to the SFT policy: without it the token entropy grows and training success falls
         "rl_kl_coef": 0.5,
@@ -63,7 +69,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rollouts_per_iter": 4,
         "rl_epochs": 1,
         "rl_lr": 1e-4,
-        "rl_action_temperature": 1.0,
+        "rl_action_temperature": 0.5,
+        "rl_stop_scope": "episode",
+        "rl_stop_lr": 3e-3,
+        "rl_group_size": 2,
         "rl_value_trains_backbone": False,
         "rl_kl_coef": 0.5,
         "eval_episodes": 2,
@@ -138,9 +147,11 @@ def run(cfg: Config) -> int:
         out=str(run_dir / "rl"),
         iterations=p["rl_iterations"],
         rollouts_per_iter=p["rollouts_per_iter"],
-        group_size=2 if cfg.algo == "grpo_action" else 1,
+        group_size=p["rl_group_size"] if cfg.algo == "grpo_action" else 1,
         epochs=p["rl_epochs"],
         lr=p["rl_lr"],
+        stop_lr=p["rl_stop_lr"],
+        stop_scope=p["rl_stop_scope"],
         action_temperature=p["rl_action_temperature"],
         value_trains_backbone=p["rl_value_trains_backbone"],
         eval_every=p["rl_iterations"],  # before and after: each evaluation runs greedy and sampled
@@ -169,7 +180,9 @@ def run(cfg: Config) -> int:
         f"{env_cfg.placement_scale:g}x the benchmark's ranges (`env.placement_scale`), "
         f"{env_cfg.max_steps} steps, {env_cfg.image_size} px; one scripted demo per task. "
         f"RL: {rl_cfg.iterations} iterations x {rl_cfg.rollouts_per_iter} rollouts, lr {rl_cfg.lr:g}, "
-        f"action temperature {rl_cfg.action_temperature:g}, KL to the SFT policy "
+        f"action temperature {rl_cfg.action_temperature:g}, one stop decision per "
+        f"{'episode' if rl_cfg.stop_scope == 'episode' else 'action chunk'} (stop head lr "
+        f"{rl_cfg.stop_lr or rl_cfg.lr:g}), KL to the SFT policy "
         f"{rl_cfg.algo.kl_coef:g}, value head "
         f"{'trains' if rl_cfg.value_trains_backbone else 'detached from'} the backbone."
     )
