@@ -63,15 +63,24 @@ def plot_learning_curve(rl_dirs: dict[str, Path], path: Path) -> Path:
     return path
 
 
+EPISODE_LENGTH = "episode_latent_len/"
+
+
+def _train_length_prefix(rows: list[dict[str, Any]]) -> str:
+    """The per-task training-length key family a run logged: per episode (every episode weighs
+    once) where present, else per decision (older runs)."""
+    return EPISODE_LENGTH if any(k.startswith(EPISODE_LENGTH) for r in rows for k in r) else "latent_len/"
+
+
 def plot_latent_length(run: Path, path: Path) -> Path:
     """Mean reasoning length per task vs env steps: sampled stops in the training rollouts (left) and
     the deterministic stop rule of the greedy evaluations (right), the one the success numbers use."""
     rows = read_metrics(run / "metrics.jsonl")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    episode = any(k.startswith("episode_latent_len/") for r in rows for k in r)
+    episode = _train_length_prefix(rows) == EPISODE_LENGTH
     panels = (
         (
-            "episode_latent_len/" if episode else "latent_len/",
+            _train_length_prefix(rows),
             f"training rollouts (sampled stop{', mean per episode' if episode else ''})",
         ),
         ("eval_latent_len/", "evaluation (greedy stop)"),
@@ -106,8 +115,8 @@ def task_length_curves(runs: list[Path]) -> dict[str, list[list[float]]]:
     if not per_run or not all(per_run):
         return {}
     n = min(len(rows) for rows in per_run)
-    episode = all(any(k.startswith("episode_latent_len/") for k in rows[0]) for rows in per_run)
-    prefix = "episode_latent_len/" if episode else "latent_len/"
+    prefixes = {_train_length_prefix(rows) for rows in per_run}
+    prefix = EPISODE_LENGTH if prefixes == {EPISODE_LENGTH} else "latent_len/"
     tasks = sorted({k[len(prefix) :] for rows in per_run for r in rows for k in r if k.startswith(prefix)})
     return {
         task: [[float(r.get(f"{prefix}{task}", float("nan"))) for r in rows[:n]] for rows in per_run]
