@@ -63,13 +63,14 @@ def plot_learning_curve(rl_dirs: dict[str, Path], path: Path) -> Path:
     return path
 
 
-EPISODE_LENGTH = "episode_latent_len/"
+EPISODE_LENGTH = "episode_latent_len/"  # each episode's mean length, every episode weighing once
+DECISION_LENGTH = "latent_len/"  # the mean over decisions (older runs)
 
 
 def _train_length_prefix(rows: list[dict[str, Any]]) -> str:
     """The per-task training-length key family a run logged: per episode (every episode weighs
     once) where present, else per decision (older runs)."""
-    return EPISODE_LENGTH if any(k.startswith(EPISODE_LENGTH) for r in rows for k in r) else "latent_len/"
+    return EPISODE_LENGTH if any(k.startswith(EPISODE_LENGTH) for r in rows for k in r) else DECISION_LENGTH
 
 
 def plot_latent_length(run: Path, path: Path) -> Path:
@@ -77,11 +78,11 @@ def plot_latent_length(run: Path, path: Path) -> Path:
     the deterministic stop rule of the greedy evaluations (right), the one the success numbers use."""
     rows = read_metrics(run / "metrics.jsonl")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    episode = _train_length_prefix(rows) == EPISODE_LENGTH
+    train_prefix = _train_length_prefix(rows)
     panels = (
         (
-            _train_length_prefix(rows),
-            f"training rollouts (sampled stop{', mean per episode' if episode else ''})",
+            train_prefix,
+            f"training rollouts (sampled stop{', mean per episode' if train_prefix == EPISODE_LENGTH else ''})",
         ),
         ("eval_latent_len/", "evaluation (greedy stop)"),
     )
@@ -116,7 +117,7 @@ def task_length_curves(runs: list[Path]) -> dict[str, list[list[float]]]:
         return {}
     n = min(len(rows) for rows in per_run)
     prefixes = {_train_length_prefix(rows) for rows in per_run}
-    prefix = EPISODE_LENGTH if prefixes == {EPISODE_LENGTH} else "latent_len/"
+    prefix = EPISODE_LENGTH if prefixes == {EPISODE_LENGTH} else DECISION_LENGTH
     tasks = sorted({k[len(prefix) :] for rows in per_run for r in rows for k in r if k.startswith(prefix)})
     return {
         task: [[float(r.get(f"{prefix}{task}", float("nan"))) for r in rows[:n]] for rows in per_run]
