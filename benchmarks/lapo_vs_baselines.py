@@ -119,6 +119,11 @@ def _args() -> argparse.Namespace:
         action="store_true",
         help="centre advantages per task (AlgoConfig.whiten_per_task)",
     )
+    p.add_argument(
+        "--stop-context",
+        action="store_true",
+        help="LAPO only: add the zero-initialised per-task context readout to the stop (RLConfig.stop_context)",
+    )
     p.add_argument("--out", default="runs/lapo_vs_baselines")
     return p.parse_args()
 
@@ -171,6 +176,7 @@ def _run(a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progre
         eval_at_start=False,
         eval_sampled=True,
         stop_scope=a.stop_scope,
+        stop_context=a.stop_context and algo == "lapo",
         seed=seed,
         progress=progress,  # a bar per run when runs are sequential: each takes minutes
     )

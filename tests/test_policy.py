@@ -301,3 +301,20 @@ def test_detached_value_head_does_not_train_the_backbone() -> None:
         assert all(g is not None and g.abs().sum() > 0 for g in head)
         touched = any(g is not None and g.abs().sum() > 0 for g in backbone)
         assert touched != detached
+
+
+def test_stop_context_starts_as_a_no_op_and_round_trips(tmp_path):
+    policy = _policy()
+    obs = _obs()
+    before = policy.act(obs, mode="greedy").stop_logits
+    policy.enable_stop_context()  # zero-initialised: the stop distribution is unchanged
+    assert policy.config.stop_context
+    assert torch.equal(policy.act(obs, mode="greedy").stop_logits, before)
+    with torch.no_grad():
+        policy.stop_context_head.bias.copy_(torch.arange(policy.layout.num_candidates).float())
+    changed = policy.act(obs, mode="greedy").stop_logits
+    assert not torch.allclose(changed, before)
+    loaded = LastR1Policy.from_pretrained(policy.save_pretrained(tmp_path / "ctx")).eval()
+    assert torch.allclose(loaded.act(obs, mode="greedy").stop_logits, changed)
+    with pytest.raises(ValueError, match="stop_context needs k_max > 0"):
+        _policy(k_max=0, stop_context=True)

@@ -65,6 +65,13 @@ class PolicyConfig:
     # episode's first decision and kept (the collector passes it back), so one stop decision decides
     # the whole episode's reasoning length and RL credits it with the whole outcome (docs/rl.md)
     stop_scope: Literal["decision", "episode"] = "decision"
+    # add a per-candidate linear readout of the context state (the hidden state at <latent_start>)
+    # to every candidate's stop logit. The reference scores each candidate with one shared head on the
+    # hidden state there; candidate logits then differ only by how the state moved between latent
+    # steps, which on a small backbone carries too little task information for RL to give tasks
+    # different lengths (docs/rl.md, length bandit). Zero-initialised: enabling it (RLConfig
+    # stop_context) leaves a checkpoint's stop distribution unchanged until RL trains it
+    stop_context: bool = False
     latent_noise_std: float = 0.0  # Gaussian noise on fed-back latents when sampling (reference: 0)
     chunk: int = 8
     action_dim: int = 7
@@ -178,6 +185,9 @@ class LastR1Policy(nn.Module):
             TinyConfig(d, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio, self.layout.total, cfg.dropout)
         )
         self.stop_head = nn.Linear(d, 1) if cfg.k_max > 0 else None
+        self.stop_context_head: nn.Linear | None = None
+        if cfg.stop_context:
+            self.enable_stop_context()
         self.action_head = nn.Linear(d, cfg.num_bins)
         self.value_head = _mlp([d, *cfg.value_hidden, 1])
         # a training-time switch (RLConfig.value_trains_backbone), not part of the saved config
@@ -186,6 +196,18 @@ class LastR1Policy(nn.Module):
         for module in (self.text_embed, self.action_token_embed):
             if module is not None:
                 nn.init.normal_(module.weight, std=0.02)
+
+    def enable_stop_context(self) -> None:
+        """Add the zero-initialised context readout of the stop (``PolicyConfig.stop_context``)."""
+        if self.stop_head is None:
+            raise ValueError("stop_context needs k_max > 0: a policy without latents has no stop decision")
+        if self.stop_context_head is None:
+            head = nn.Linear(self.config.d_model, self.layout.num_candidates).to(self.stop_head.weight)
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+            self.stop_context_head = head
+        if not self.config.stop_context:
+            self.config = dataclasses.replace(self.config, stop_context=True)
 
     # ------------------------------------------------------------------ pre-processing
 
@@ -257,7 +279,10 @@ class LastR1Policy(nn.Module):
         if self.stop_head is None:
             return chain.new_zeros(chain.shape[0], 0)
         idx = torch.tensor(self.layout.candidate_lengths(), device=chain.device)
-        return self.stop_head(chain[:, idx]).squeeze(-1)
+        logits = self.stop_head(chain[:, idx]).squeeze(-1)
+        if self.stop_context_head is not None:
+            logits = logits + self.stop_context_head(chain[:, 0])
+        return logits
 
     def _value(self, chain: torch.Tensor, latent_len: torch.Tensor) -> torch.Tensor:
         h = chain[torch.arange(chain.shape[0], device=chain.device), latent_len]

@@ -69,6 +69,9 @@ class RLConfig:
     # PolicyConfig.stop_scope for rollouts, evaluations and the saved policy: "decision" (reference),
     # "episode" (one stop per episode, docs/rl.md); "" keeps the checkpoint's
     stop_scope: str = ""
+    # add the policy's zero-initialised per-candidate context readout to the stop (PolicyConfig
+    # stop_context) before RL, so tasks can get different reasoning lengths (docs/rl.md, length bandit)
+    stop_context: bool = False
     eval_every: int = 5  # iterations; 0 = only at the end
     eval_episodes_per_task: int = 10
     eval_at_start: bool = True  # evaluate the starting checkpoint as iteration 0 (the "before" number)
@@ -154,7 +157,12 @@ def old_terms(roll: Rollout, adv: torch.Tensor, ret: torch.Tensor) -> OldTerms:
 def _optimizer(policy: LastR1Policy, cfg: RLConfig) -> torch.optim.Optimizer:
     """AdamW with three parameter groups: 0 the policy, 1 the value head, 2 the stop head."""
     value_params = list(policy.value_head.parameters())
-    stop_params = list(policy.stop_head.parameters()) if policy.stop_head is not None else []
+    stop_params = [
+        p
+        for head in (policy.stop_head, policy.stop_context_head)
+        if head is not None
+        for p in head.parameters()
+    ]
     ids = {id(p) for p in value_params + stop_params}
     main = [p for p in policy.parameters() if id(p) not in ids and p.requires_grad]
     return torch.optim.AdamW(
@@ -283,6 +291,10 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
         policy.config.latent_noise_std = cfg.latent_noise_std
     if cfg.stop_scope:  # replace() re-runs PolicyConfig's checks on the value
         policy.config = dataclasses.replace(policy.config, stop_scope=cfg.stop_scope)
+    if cfg.stop_context:
+        if get_algorithm(cfg.algo.name).trains_reasoning is False:
+            raise ValueError(f"stop_context=true: {cfg.algo.name} does not train the stop; use algo=lapo")
+        policy.enable_stop_context()
     policy.value_detached = not cfg.value_trains_backbone
     if policy.config.force_latent_len and get_algorithm(cfg.algo.name).trains_reasoning:
         raise ValueError(
