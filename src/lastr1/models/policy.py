@@ -202,9 +202,10 @@ class LastR1Policy(nn.Module):
         if self.stop_head is None:
             raise ValueError("stop_context needs k_max > 0: a policy without latents has no stop decision")
         if self.stop_context_head is None:
-            head = nn.Linear(self.config.d_model, self.layout.num_candidates).to(self.stop_head.weight)
+            head = nn.Linear(self.config.d_model, self.layout.num_candidates, bias=False).to(
+                self.stop_head.weight
+            )
             nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
             self.stop_context_head = head
         if not self.config.stop_context:
             self.config = dataclasses.replace(self.config, stop_context=True)

@@ -1,0 +1,194 @@
+"""Can LAPO's stop give tasks different reasoning lengths when they need them? A known-answer test.
+
+Why: in the Meta-World demo LAPO shortens every task alike, and ``decoding_probe.py`` finds no task
+that does better with long reasoning, so the demo cannot tell "nothing to separate" from "the
+learner cannot separate". Here the simulator's outcome is replaced by a *length bandit* with a known
+answer (``lastr1.eval.length_bandit``): on the demo checkpoint and real first observations of the
+demo tasks, each task succeeds with probability ``--p-best`` at its preferred length and ``--p-worst``
+at the other end (default 0.85 / 0.20: reach's measured sampled rates at lengths 2 and 8), one
+sampled stop per episode, ``--per-task`` episodes per task per iteration (the demo's 64 rollouts per
+iteration = 16 per task) and the trainer's own LAPO update at the demo preset's settings. It runs
+the reference's shared stop head and the same head plus the per-candidate context readout
+(``stop_context``), ``--seeds`` each, and prints per task the expected sampled length before and
+after, and the separation (long-preferring minus short-preferring tasks' length change) with a 95 %
+t interval over seeds.
+
+    MUJOCO_GL=egl PYTHONPATH=src python benchmarks/length_bandit.py \\
+        --checkpoint runs/demo-default/sft/final --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from tqdm import tqdm
+
+from lastr1.algos import AlgoConfig
+from lastr1.commands.demo import PRESETS
+from lastr1.envs import EnvConfig, make_env
+from lastr1.envs.base import EpisodeSpec, Observation
+from lastr1.eval.length_bandit import LengthBandit, train_stop_on_bandit
+from lastr1.eval.stats import t_interval
+from lastr1.models.policy import LastR1Policy
+from lastr1.train.rl import RLConfig
+
+DEMO = PRESETS["default"]
+HEADS = {"shared": False, "shared + context": True}
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--tasks", default=",".join(DEMO["tasks"]))
+    p.add_argument("--prefer", default="short,long,short,long", help="per task: short | long")
+    p.add_argument("--p-best", type=float, default=0.85, help="success at the preferred end")
+    p.add_argument("--p-worst", type=float, default=0.20, help="success at the other end")
+    p.add_argument("--iterations", type=int, default=DEMO["rl_iterations"])
+    p.add_argument("--per-task", type=int, default=DEMO["rollouts_per_iter"] // len(DEMO["tasks"]))
+    p.add_argument("--pool", type=int, default=32, help="train first observations per task")
+    p.add_argument("--held-out", type=int, default=10, help="eval first observations per task (measured)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--stop-lr", type=float, default=DEMO["rl_stop_lr"])
+    p.add_argument("--out", default="runs/length_bandit")
+    return p.parse_args()
+
+
+def _first_observations(env_cfg: EnvConfig, init_set: str, per_task: int) -> Observation:
+    batches = []
+    with make_env(env_cfg) as env:
+        for i in range(per_task):
+            batches.append(env.reset([EpisodeSpec(t, init_set, i) for t in range(env.num_envs)]))
+    return Observation.stack(batches)
+
+
+def _rl_config(a: argparse.Namespace, seed: int, context: bool) -> RLConfig:
+    return RLConfig(
+        algo=AlgoConfig(name="lapo", kl_coef=DEMO["rl_kl_coef"]),
+        checkpoint=a.checkpoint,
+        lr=DEMO["rl_lr"],
+        stop_lr=a.stop_lr,
+        action_temperature=DEMO["rl_action_temperature"],
+        value_trains_backbone=DEMO["rl_value_trains_backbone"],
+        stop_context=context,
+        seed=seed,
+        progress=False,
+    )
+
+
+def main() -> None:
+    a = _args()
+    torch.set_num_threads(1)
+    tasks, prefer = a.tasks.split(","), a.prefer.split(",")
+    if len(prefer) != len(tasks) or set(prefer) - {"short", "long"}:
+        raise SystemExit(f"--prefer needs one of short|long per task ({len(tasks)} tasks), got {a.prefer!r}")
+    env_cfg = EnvConfig(
+        backend="metaworld",
+        tasks=tasks,
+        num_envs=len(tasks),
+        image_size=DEMO["image_size"],
+        max_steps=DEMO["max_steps"],
+        placement_scale=DEMO["placement_scale"],
+        vector="sync",
+    )
+    pool, held = (
+        _first_observations(env_cfg, "train", a.pool),
+        _first_observations(env_cfg, "eval", a.held_out),
+    )
+    start = LastR1Policy.from_pretrained(a.checkpoint).eval()
+    lengths = start.layout.candidate_lengths()
+    ends = [(a.p_best, a.p_worst) if p == "short" else (a.p_worst, a.p_best) for p in prefer]
+    bandit = LengthBandit.linear(ends, len(lengths))
+    anchor = start.requires_grad_(False)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    histories: dict[str, list[list[dict]]] = {name: [] for name in HEADS}
+    bar = tqdm(total=len(HEADS) * len(seeds), desc="length bandit", unit="run")
+    for name, context in HEADS.items():
+        for seed in seeds:
+            policy = LastR1Policy.from_pretrained(a.checkpoint).eval()
+            policy.config = dataclasses.replace(
+                policy.config, action_temperature=DEMO["rl_action_temperature"]
+            )
+            cfg = _rl_config(a, seed, context)
+            inputs, held_inputs = policy.encode_obs(pool), policy.encode_obs(held)
+            hist = train_stop_on_bandit(
+                policy, cfg, bandit, inputs, torch.from_numpy(pool.task), a.iterations, a.per_task,
+                held_inputs, torch.from_numpy(held.task), anchor=anchor,
+            )  # fmt: skip
+            histories[name].append(hist)
+            bar.update()
+    bar.close()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_eps = a.iterations * a.per_task
+    print(
+        f"\nlength bandit on {a.checkpoint}: success {a.p_best:.2f} at the preferred length, {a.p_worst:.2f} at the"
+        f" other end (candidates {lengths}); {a.iterations} iterations x {a.per_task} episodes per task"
+        f" ({n_eps} per task), stop lr {a.stop_lr:g}, {len(seeds)} seeds; expected sampled length on"
+        f" {a.held_out} held-out first observations per task"
+    )
+    print(
+        f"{'stop head':18s} {'task':26s} {'prefers':7s} {'before':>6s} {'after':>6s} {'change [95% CI]':>20s}"
+    )
+    summary: dict[str, dict] = {}
+    for name, runs in histories.items():
+        rows = {}
+        for t, task in enumerate(tasks):
+            first = [h[0]["expected_len"][t] for h in runs]
+            last = [h[-1]["expected_len"][t] for h in runs]
+            change, half = t_interval([b - f for f, b in zip(first, last, strict=True)])
+            greedy = sum(h[-1]["greedy_len"][t] for h in runs) / len(runs)
+            rows[task] = {"before": sum(first) / len(first), "after": sum(last) / len(last), "change": change}
+            rows[task]["greedy_after"] = greedy
+            print(
+                f"{name:18s} {task:26s} {prefer[t]:7s} {rows[task]['before']:6.2f} {rows[task]['after']:6.2f}"
+                f" {change:+8.2f} [{change - half:+.2f}, {change + half:+.2f}] {greedy:12.2f}"
+            )
+        seps = []
+        for h in runs:
+            delta = [h[-1]["expected_len"][t] - h[0]["expected_len"][t] for t in range(len(tasks))]
+            longs = [d for d, p in zip(delta, prefer, strict=True) if p == "long"]
+            shorts = [d for d, p in zip(delta, prefer, strict=True) if p == "short"]
+            seps.append(sum(longs) / len(longs) - sum(shorts) / len(shorts))
+        sep, sep_half = t_interval(seps)
+        print(
+            f"{name:18s} separation (long - short change): {sep:+.2f} [{sep - sep_half:+.2f}, {sep + sep_half:+.2f}]"
+            f" per seed {', '.join(f'{s:+.2f}' for s in seps)}"
+        )
+        summary[name] = {"tasks": rows, "separation": seps}
+    fig, axes = plt.subplots(1, len(HEADS), figsize=(5 * len(HEADS), 3.6), sharey=True)
+    for ax, (name, runs) in zip(axes, histories.items(), strict=True):
+        for t, task in enumerate(tasks):
+            curve = [sum(h[i]["expected_len"][t] for h in runs) / len(runs) for i in range(a.iterations + 1)]
+            ax.plot(
+                range(a.iterations + 1),
+                curve,
+                ls="-" if prefer[t] == "short" else "--",
+                label=f"{task} ({prefer[t]})",
+            )
+        ax.set_title(f"stop head: {name}")
+        ax.set_xlabel("iteration")
+    axes[0].set_ylabel(f"expected sampled length (mean of {len(seeds)} seeds)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "length_bandit.png", dpi=120)
+    (out / "results.json").write_text(
+        json.dumps({"args": vars(a), "summary": summary, "histories": histories})
+    )
+    print(f"wrote {out / 'results.json'} and {out / 'length_bandit.png'}")
+
+
+if __name__ == "__main__":
+    main()
