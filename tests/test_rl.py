@@ -291,7 +291,7 @@ def test_report_command_names_what_is_missing(tmp_path):
 
 @pytest.mark.parametrize("algo", ["lapo", "ppo_action"])
 def test_update_learns_a_one_token_bandit(toy_sft_checkpoint, algo):
-    """The collect-free core of the loop (sampled act -> advantages -> `_update`) must raise the
+    """The collect-free core of the loop (sampled act -> advantages -> `update_policy`) must raise the
     probability of rewarded actions: reward 1 when the first action's x exceeds 0.3, 8 starts, 2 seeds."""
     from lastr1.algos import OldTerms
     from lastr1.envs import make_env
@@ -314,7 +314,7 @@ def test_update_learns_a_one_token_bandit(toy_sft_checkpoint, algo):
         policy = LastR1Policy.from_pretrained(toy_sft_checkpoint).eval()
         policy.config.action_temperature = 1.0
         cfg = _cfg(toy_sft_checkpoint, "unused", algo=algo, lr=1e-3, seed=seed)
-        opt, gen = rl._optimizer(policy, cfg), torch.Generator().manual_seed(seed)
+        opt, gen = rl.make_optimizer(policy, cfg), torch.Generator().manual_seed(seed)
         with torch.no_grad():
             before = rewarded_fraction(policy, obs, gen)
         for it in range(1, 21):
@@ -323,7 +323,7 @@ def test_update_learns_a_one_token_bandit(toy_sft_checkpoint, algo):
             r = (out.actions[:, 0, 0] > 0.3).float()
             adv = (r - r.mean()) / (r.std() + 1e-6)
             old = OldTerms(adv, r, out.value, out.logp_tokens, out.logp_stop, out.latents, out.latent_mask)
-            rl._update(policy, opt, cfg, old, out, it)
+            rl.update_policy(policy, opt, cfg, old, out, it)
         with torch.no_grad():
             gains.append(rewarded_fraction(policy, obs, gen) - before)
     print(f"{algo}: rewarded-action fraction gain per seed {gains} (32 rows x 8 draws each)")
@@ -353,12 +353,12 @@ def test_rl_refuses_a_forced_reasoning_length_when_it_trains_the_stop(toy_sft_ch
 
 def test_stop_lr_is_its_own_parameter_group(toy_sft_checkpoint):
     policy = LastR1Policy.from_pretrained(toy_sft_checkpoint)
-    groups = rl._optimizer(policy, _cfg(toy_sft_checkpoint, "unused", lr=1e-4, stop_lr=3e-3)).param_groups
+    groups = rl.make_optimizer(policy, _cfg(toy_sft_checkpoint, "unused", lr=1e-4, stop_lr=3e-3)).param_groups
     stop_ids = {id(p) for p in policy.stop_head.parameters()}
     assert [g["lr"] for g in groups] == [1e-4, 1e-3, 3e-3]  # policy, value (value_lr), stop
     assert {id(p) for p in groups[2]["params"]} == stop_ids
     assert not stop_ids & {id(p) for p in groups[0]["params"] + groups[1]["params"]}
-    default = rl._optimizer(policy, _cfg(toy_sft_checkpoint, "unused", lr=1e-4)).param_groups
+    default = rl.make_optimizer(policy, _cfg(toy_sft_checkpoint, "unused", lr=1e-4)).param_groups
     assert default[2]["lr"] == 1e-4  # stop_lr 0 = the policy lr (the reference: one policy lr)
     with pytest.raises(ValueError, match="stop_lr"):
         _cfg(toy_sft_checkpoint, "unused", stop_lr=-1.0)
@@ -384,7 +384,7 @@ def test_lapo_update_learns_a_rewarded_reasoning_length(toy_sft_checkpoint):
     for algo, stop_lr in (("lapo", 0.0), ("lapo", 1e-2), ("ppo_action", 1e-2)):
         policy = LastR1Policy.from_pretrained(toy_sft_checkpoint).eval()
         cfg = _cfg(toy_sft_checkpoint, "unused", algo=algo, lr=1e-4, stop_lr=stop_lr)
-        opt, gen = rl._optimizer(policy, cfg), torch.Generator().manual_seed(0)
+        opt, gen = rl.make_optimizer(policy, cfg), torch.Generator().manual_seed(0)
         before = p_short(policy)
         for it in range(1, 11):
             with torch.no_grad():
@@ -392,7 +392,7 @@ def test_lapo_update_learns_a_rewarded_reasoning_length(toy_sft_checkpoint):
             r = (out.stop_index == 0).float()
             adv = (r - r.mean()) / (r.std() + 1e-6)
             old = OldTerms(adv, r, out.value, out.logp_tokens, out.logp_stop, out.latents, out.latent_mask)
-            rl._update(policy, opt, cfg, old, out, it)
+            rl.update_policy(policy, opt, cfg, old, out, it)
         gains[(algo, stop_lr)] = p_short(policy) - before
     print(f"gain in P(shortest length) after 10 updates: {gains}")
     # measured: +0.06 with stop_lr 1e-2, +0.0007 at the policy lr, ~0 for ppo_action
@@ -405,7 +405,7 @@ def test_kl_anchor_is_the_starting_policy(toy_sft_checkpoint, tmp_path, monkeypa
     """With algo.kl_coef > 0 every update logs the KL to the checkpoint RL started from: zero
     before the first step, positive once the policy has moved."""
     calls = []
-    real_update = rl._update
+    real_update = rl.update_policy
 
     def spy(policy, opt, cfg, old, out, it, anchor=None):
         assert anchor is not None and not any(p.requires_grad for p in anchor.parameters())
@@ -413,7 +413,7 @@ def test_kl_anchor_is_the_starting_policy(toy_sft_checkpoint, tmp_path, monkeypa
         calls.append(all(torch.equal(v, anchor.state_dict()[k]) for k, v in start.items()))
         return real_update(policy, opt, cfg, old, out, it, anchor)
 
-    monkeypatch.setattr(rl, "_update", spy)
+    monkeypatch.setattr(rl, "update_policy", spy)
     cfg = _cfg(toy_sft_checkpoint, tmp_path, iterations=2, eval_every=0, minibatches=1)
     cfg.algo.kl_coef = 0.1
     train_rl(cfg)

@@ -6,7 +6,7 @@ demo alone cannot tell "the learner cannot separate tasks" from "nothing to sepa
 the simulator by a *length bandit* with a known answer: each task has a success probability per stop
 candidate (e.g. one task succeeds more often when it reasons short, another when it reasons long),
 one sampled decision per episode on real first observations, and the trainer's own update
-(:func:`lastr1.train.rl._update`: the LAPO loss, its optimizer groups, the stop lr, the KL anchor).
+(:func:`lastr1.train.rl.update_policy`: the LAPO loss, its optimizer groups, the stop lr, the KL anchor).
 Everything the stop learns here it learns from the same loss and the same gradients as in RL.
 """
 
@@ -94,7 +94,7 @@ def train_stop_on_bandit(
     if cfg.stop_context:
         policy.enable_stop_context()
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = rl._optimizer(policy, cfg)
+    opt = rl.make_optimizer(policy, cfg)
     history = [{**length_summary(policy, eval_inputs, eval_task, num_tasks), "success": float("nan")}]
     for it in range(1, iterations + 1):
         rows = []
@@ -111,7 +111,7 @@ def train_stop_on_bandit(
         adv = whiten(reward, mask, groups)
         ret = reward * cfg.algo.success_reward
         old = OldTerms(adv, ret, out.value, out.logp_tokens, out.logp_stop, out.latents, out.latent_mask)
-        rl._update(policy, opt, cfg, old, out, it, anchor)
+        rl.update_policy(policy, opt, cfg, old, out, it, anchor)
         history.append(
             {**length_summary(policy, eval_inputs, eval_task, num_tasks), "success": float(reward.mean())}
         )

@@ -154,7 +154,7 @@ def old_terms(roll: Rollout, adv: torch.Tensor, ret: torch.Tensor) -> OldTerms:
     )
 
 
-def _optimizer(policy: LastR1Policy, cfg: RLConfig) -> torch.optim.Optimizer:
+def make_optimizer(policy: LastR1Policy, cfg: RLConfig) -> torch.optim.Optimizer:
     """AdamW with three parameter groups: 0 the policy, 1 the value head, 2 the stop head."""
     value_params = list(policy.value_head.parameters())
     stop_params = [
@@ -185,7 +185,7 @@ def _warmup_factor(opt: torch.optim.Optimizer, warmup: int) -> float:
     return min(1.0, (done + 1) / warmup)
 
 
-def _update(
+def update_policy(
     policy: LastR1Policy,
     opt: torch.optim.Optimizer,
     cfg: RLConfig,
@@ -307,7 +307,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
         if not cfg.checkpoint:
             raise ValueError("algo.kl_coef > 0: give checkpoint=, the starting policy the KL anchors to")
         anchor = LastR1Policy.from_pretrained(cfg.checkpoint).eval().requires_grad_(False)
-    opt = _optimizer(policy, cfg)
+    opt = make_optimizer(policy, cfg)
     state: dict[str, Any] = {"iteration": 0, "env_steps": 0, "last_eval": None}
     if latest is not None:
         opt.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
@@ -357,7 +357,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             old = old_terms(roll, adv, ret)
             t1 = time.perf_counter()
             try:
-                upd = _update(policy, opt, cfg, old, roll.out, it, anchor)
+                upd = update_policy(policy, opt, cfg, old, roll.out, it, anchor)
             except FloatingPointError as exc:
                 good = mgr.latest()
                 where = good.name if good else "none yet"
