@@ -46,6 +46,12 @@ def _args() -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=120)
     p.add_argument("--rounds", type=int, default=2, help="rounds of num_envs episodes per measurement")
     p.add_argument("--checkpoint", default="", help="policy to roll out (default: untrained)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the policy (the env waits during act, so with sync env a second core is idle)",
+    )
     return p.parse_args()
 
 
@@ -86,7 +92,7 @@ def _collect(env, policy, rounds: int) -> tuple[int, float, float]:
 
 def main() -> None:
     a = _args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     cfg = EnvConfig(
         backend=a.backend,
         tasks=a.tasks.split(","),
@@ -107,7 +113,10 @@ def main() -> None:
         raw_steps, raw_s = _raw(env, a.rounds, np.random.default_rng(0), chunk)
         col_steps, col_s, pol_s = _collect(env, policy, a.rounds)
     raw_rate, col_rate = raw_steps / raw_s, col_steps / col_s
-    print(f"\n{a.backend} {a.vector} x{a.num_envs}, {a.image_size}px, tasks {a.tasks}, {a.rounds} rounds")
+    print(
+        f"\n{a.backend} {a.vector} x{a.num_envs}, {a.image_size}px, tasks {a.tasks}, {a.rounds} rounds,"
+        f" policy on {a.threads} torch thread(s)"
+    )
     print(f"ratios against `raw chunk` (chunks of {chunk}, rendered once per chunk)")
     print(f"{'mode':10s} {'env steps':>9s} {'steps/s':>8s} {'ratio':>6s} {'policy share':>12s}")
     print(
