@@ -54,6 +54,12 @@ def _args() -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--tasks", default=",".join(DEMO["tasks"]))
     p.add_argument("--prefer", default="short,long,short,long", help="per task: short | long")
+    p.add_argument(
+        "--ends",
+        default="",
+        help="instead of --prefer/--p-*: per task 'p_shortest:p_longest', e.g. a probe's measured rates "
+        "'0.85:0.20,0.90:0.95,0.55:0.60,1:1'",
+    )
     p.add_argument("--p-best", type=float, default=0.85, help="success at the preferred end")
     p.add_argument("--p-worst", type=float, default=0.20, help="success at the other end")
     p.add_argument("--iterations", type=int, default=DEMO["rl_iterations"])
@@ -94,6 +100,15 @@ def main() -> None:
     tasks, prefer = a.tasks.split(","), a.prefer.split(",")
     if len(prefer) != len(tasks) or set(prefer) - {"short", "long"}:
         raise SystemExit(f"--prefer needs one of short|long per task ({len(tasks)} tasks), got {a.prefer!r}")
+    ends = [(a.p_best, a.p_worst) if p == "short" else (a.p_worst, a.p_best) for p in prefer]
+    if a.ends:
+        try:
+            ends = [(float(x), float(y)) for x, y in (e.split(":") for e in a.ends.split(","))]
+        except ValueError:
+            raise SystemExit(f"--ends needs 'p_shortest:p_longest' per task, got {a.ends!r}") from None
+        if len(ends) != len(tasks):
+            raise SystemExit(f"--ends has {len(ends)} entries for {len(tasks)} tasks")
+        prefer = ["short" if lo > hi else "long" if hi > lo else "none" for lo, hi in ends]
     env_cfg = EnvConfig(
         backend="metaworld",
         tasks=tasks,
@@ -109,7 +124,6 @@ def main() -> None:
     )
     start = LastR1Policy.from_pretrained(a.checkpoint).eval()
     lengths = start.layout.candidate_lengths()
-    ends = [(a.p_best, a.p_worst) if p == "short" else (a.p_worst, a.p_best) for p in prefer]
     bandit = LengthBandit.linear(ends, len(lengths))
     anchor = start.requires_grad_(False)
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -134,8 +148,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     n_eps = a.iterations * a.per_task
     print(
-        f"\nlength bandit on {a.checkpoint}: success {a.p_best:.2f} at the preferred length, {a.p_worst:.2f} at the"
-        f" other end (candidates {lengths}); {a.iterations} iterations x {a.per_task} episodes per task"
+        f"\nlength bandit on {a.checkpoint}: success (shortest : longest) "
+        f"{', '.join(f'{lo:.2f}:{hi:.2f}' for lo, hi in ends)}, linear between (candidates {lengths}); {a.iterations} iterations x {a.per_task} episodes per task"
         f" ({n_eps} per task), stop lr {a.stop_lr:g}, {len(seeds)} seeds; expected sampled length on"
         f" {a.held_out} held-out first observations per task"
     )
@@ -161,12 +175,14 @@ def main() -> None:
             delta = [h[-1]["expected_len"][t] - h[0]["expected_len"][t] for t in range(len(tasks))]
             longs = [d for d, p in zip(delta, prefer, strict=True) if p == "long"]
             shorts = [d for d, p in zip(delta, prefer, strict=True) if p == "short"]
-            seps.append(sum(longs) / len(longs) - sum(shorts) / len(shorts))
-        sep, sep_half = t_interval(seps)
-        print(
-            f"{name:18s} separation (long - short change): {sep:+.2f} [{sep - sep_half:+.2f}, {sep + sep_half:+.2f}]"
-            f" per seed {', '.join(f'{s:+.2f}' for s in seps)}"
-        )
+            if longs and shorts:
+                seps.append(sum(longs) / len(longs) - sum(shorts) / len(shorts))
+        if seps:
+            sep, sep_half = t_interval(seps)
+            print(
+                f"{name:18s} separation (long - short change): {sep:+.2f} [{sep - sep_half:+.2f}, "
+                f"{sep + sep_half:+.2f}] per seed {', '.join(f'{s:+.2f}' for s in seps)}"
+            )
         summary[name] = {"tasks": rows, "separation": seps}
     fig, axes = plt.subplots(1, len(HEADS), figsize=(5 * len(HEADS), 3.6), sharey=True)
     for ax, (name, runs) in zip(axes, histories.items(), strict=True):
@@ -175,7 +191,7 @@ def main() -> None:
             ax.plot(
                 range(a.iterations + 1),
                 curve,
-                ls="-" if prefer[t] == "short" else "--",
+                ls={"short": "-", "long": "--"}.get(prefer[t], ":"),
                 label=f"{task} ({prefer[t]})",
             )
         ax.set_title(f"stop head: {name}")
