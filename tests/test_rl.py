@@ -455,3 +455,14 @@ def test_stop_context_lets_lapo_give_two_tasks_opposite_lengths(toy_sft_checkpoi
 def test_stop_context_is_refused_for_an_algorithm_that_does_not_train_the_stop(toy_sft_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="stop_context=true: ppo_action does not train the stop"):
         train_rl(_cfg(toy_sft_checkpoint, tmp_path / "run", algo="ppo_action", stop_context=True))
+
+
+def test_rl_with_stop_context_trains_the_readout_saves_it_and_resumes(toy_sft_checkpoint, tmp_path):
+    out = tmp_path / "ctx"
+    first = train_rl(_cfg(toy_sft_checkpoint, out, stop_context=True, iterations=2, eval_every=0))
+    assert first["iteration"] == 2 and "stopped" not in first
+    final = LastR1Policy.from_pretrained(out / "final")
+    assert final.config.stop_context  # the saved policy carries the readout and rebuilds it on load
+    assert final.stop_context_head.weight.abs().sum() > 0  # zero at the start, trained by LAPO
+    resumed = train_rl(_cfg(toy_sft_checkpoint, out, stop_context=True, iterations=3, eval_every=0))
+    assert resumed["iteration"] == 3  # the optimizer's stop group (with the readout) loaded back

@@ -292,7 +292,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     if cfg.stop_scope:  # replace() re-runs PolicyConfig's checks on the value
         policy.config = dataclasses.replace(policy.config, stop_scope=cfg.stop_scope)
     if cfg.stop_context:
-        if get_algorithm(cfg.algo.name).trains_reasoning is False:
+        if not get_algorithm(cfg.algo.name).trains_reasoning:
             raise ValueError(f"stop_context=true: {cfg.algo.name} does not train the stop; use algo=lapo")
         policy.enable_stop_context()
     policy.value_detached = not cfg.value_trains_backbone
