@@ -20,7 +20,6 @@ t interval over seeds.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -127,19 +126,15 @@ def main() -> None:
     bandit = LengthBandit.linear(ends, len(lengths))
     anchor = start.requires_grad_(False)
     seeds = [int(s) for s in a.seeds.split(",")]
+    inputs, held_inputs = start.encode_obs(pool), start.encode_obs(held)  # the same for every run
     histories: dict[str, list[list[dict]]] = {name: [] for name in HEADS}
     bar = tqdm(total=len(HEADS) * len(seeds), desc="length bandit", unit="run")
     for name, context in HEADS.items():
         for seed in seeds:
-            policy = LastR1Policy.from_pretrained(a.checkpoint).eval()
-            policy.config = dataclasses.replace(
-                policy.config, action_temperature=DEMO["rl_action_temperature"]
-            )
-            cfg = _rl_config(a, seed, context)
-            inputs, held_inputs = policy.encode_obs(pool), policy.encode_obs(held)
+            policy = LastR1Policy.from_pretrained(a.checkpoint)
             hist = train_stop_on_bandit(
-                policy, cfg, bandit, inputs, torch.from_numpy(pool.task), a.iterations, a.per_task,
-                held_inputs, torch.from_numpy(held.task), anchor=anchor,
+                policy, _rl_config(a, seed, context), bandit, inputs, torch.from_numpy(pool.task),
+                a.iterations, a.per_task, held_inputs, torch.from_numpy(held.task), anchor=anchor,
             )  # fmt: skip
             histories[name].append(hist)
             bar.update()
@@ -149,12 +144,14 @@ def main() -> None:
     n_eps = a.iterations * a.per_task
     print(
         f"\nlength bandit on {a.checkpoint}: success (shortest : longest) "
-        f"{', '.join(f'{lo:.2f}:{hi:.2f}' for lo, hi in ends)}, linear between (candidates {lengths}); {a.iterations} iterations x {a.per_task} episodes per task"
+        f"{', '.join(f'{lo:.2f}:{hi:.2f}' for lo, hi in ends)}, linear between (candidates {lengths});"
+        f" {a.iterations} iterations x {a.per_task} episodes per task"
         f" ({n_eps} per task), stop lr {a.stop_lr:g}, {len(seeds)} seeds; expected sampled length on"
         f" {a.held_out} held-out first observations per task"
     )
     print(
         f"{'stop head':18s} {'task':26s} {'prefers':7s} {'before':>6s} {'after':>6s} {'change [95% CI]':>20s}"
+        f" {'greedy after':>12s}"
     )
     summary: dict[str, dict] = {}
     for name, runs in histories.items():
@@ -164,8 +161,12 @@ def main() -> None:
             last = [h[-1]["expected_len"][t] for h in runs]
             change, half = t_interval([b - f for f, b in zip(first, last, strict=True)])
             greedy = sum(h[-1]["greedy_len"][t] for h in runs) / len(runs)
-            rows[task] = {"before": sum(first) / len(first), "after": sum(last) / len(last), "change": change}
-            rows[task]["greedy_after"] = greedy
+            rows[task] = {
+                "before": sum(first) / len(first),
+                "after": sum(last) / len(last),
+                "change": change,
+                "greedy_after": greedy,
+            }
             print(
                 f"{name:18s} {task:26s} {prefer[t]:7s} {rows[task]['before']:6.2f} {rows[task]['after']:6.2f}"
                 f" {change:+8.2f} [{change - half:+.2f}, {change + half:+.2f}] {greedy:12.2f}"

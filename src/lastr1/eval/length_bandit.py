@@ -74,7 +74,8 @@ def train_stop_on_bandit(
     anchor: LastR1Policy | None = None,
 ) -> list[dict]:
     """``iterations`` of: draw ``per_task`` first observations per task from ``pool``, sample act, draw
-    success from ``bandit`` at the chosen stop, whiten the rewards, run the trainer's update.
+    success from ``bandit`` at the chosen stop, whiten the rewards, run the trainer's update. The
+    policy first gets ``cfg``'s rollout settings (:func:`lastr1.train.rl.prepare_policy`).
 
     Returns one :func:`length_summary` on ``eval_inputs`` per iteration (index 0 = before training),
     each with the batch's mean success. The policy is trained in place.
@@ -91,8 +92,7 @@ def train_stop_on_bandit(
         )
     if cfg.algo.kl_coef > 0 and anchor is None:
         raise ValueError("algo.kl_coef > 0 needs the frozen starting policy as anchor")
-    if cfg.stop_context:
-        policy.enable_stop_context()
+    rl.prepare_policy(policy, cfg)  # temperatures, stop context, detached value head: as train_rl
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = rl.make_optimizer(policy, cfg)
     history = [{**length_summary(policy, eval_inputs, eval_task, num_tasks), "success": float("nan")}]

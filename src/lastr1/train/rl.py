@@ -275,16 +275,9 @@ def _save(
     return mgr.save(state["iteration"], write)
 
 
-def train_rl(cfg: RLConfig) -> dict[str, Any]:
-    """Run (or resume) an RL post-training job; returns the final state and last evaluation."""
-    torch.set_num_threads(cfg.threads)
-    out_dir = Path(cfg.out)
-    mgr = CheckpointManager(out_dir / "checkpoints")
-    latest = mgr.latest() if cfg.resume else None
-    if latest is None and not cfg.checkpoint:
-        raise ValueError("checkpoint: give the SFT checkpoint to start RL from (checkpoint=runs/.../final)")
-    source = latest / "policy" if latest is not None else Path(cfg.checkpoint)
-    policy = LastR1Policy.from_pretrained(source)
+def prepare_policy(policy: LastR1Policy, cfg: RLConfig) -> LastR1Policy:
+    """Apply the RL run's rollout settings to a loaded policy (in place; returned in eval mode):
+    temperatures, latent noise, stop scope, the stop context readout, the detached value head."""
     policy.config.action_temperature = cfg.action_temperature
     policy.config.stop_temperature = cfg.stop_temperature
     if cfg.latent_noise_std >= 0:
@@ -301,7 +294,19 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             f"the policy forces its reasoning length (policy.force_latent_len={policy.config.force_latent_len}), "
             f"an evaluation probe: {cfg.algo.name} trains the stop on lengths it samples; set it to 0"
         )
-    policy.eval()
+    return policy.eval()
+
+
+def train_rl(cfg: RLConfig) -> dict[str, Any]:
+    """Run (or resume) an RL post-training job; returns the final state and last evaluation."""
+    torch.set_num_threads(cfg.threads)
+    out_dir = Path(cfg.out)
+    mgr = CheckpointManager(out_dir / "checkpoints")
+    latest = mgr.latest() if cfg.resume else None
+    if latest is None and not cfg.checkpoint:
+        raise ValueError("checkpoint: give the SFT checkpoint to start RL from (checkpoint=runs/.../final)")
+    source = latest / "policy" if latest is not None else Path(cfg.checkpoint)
+    policy = prepare_policy(LastR1Policy.from_pretrained(source), cfg)
     anchor = None
     if cfg.algo.kl_coef > 0:  # the KL anchor is the policy RL started from, also after a resume
         if not cfg.checkpoint:
