@@ -6,6 +6,7 @@ simulator's throughput survives that (target: >= 0.8).
 
     MUJOCO_GL=egl PYTHONPATH=src python benchmarks/rollout_throughput.py
     ... --checkpoint runs/demo-default/sft/final --vector async --rounds 3
+    ... --checkpoint runs/demo-default/sft/final --vector async --workers 1 --num-envs 16 --pipeline 1,2
 
 Three rows, all the same vector env and starts (max_steps each), env steps of active slots only.
 Random actions rarely succeed, so slots seldom idle; the two raw rows draw different random actions,
@@ -14,8 +15,12 @@ so their step counts can differ by the few episodes that do succeed (1600 vs 150
 * ``raw step``: ``env.step`` with uniform random actions, one call (and one render) per env step;
 * ``raw chunk``: ``env.step_chunk`` with random chunks of the policy's chunk size, rendering only
   after each chunk as the collector does. The collector's ratio (the target) is against this row;
-* ``collect``: ``lastr1.rollout.collect`` with the policy sampling (an untrained default-size
-  policy unless ``--checkpoint`` is given).
+* ``collect pN``: ``lastr1.rollout.collect(pipeline=N)`` with the policy sampling (an untrained
+  default-size policy unless ``--checkpoint`` is given). ``p1`` is the plain act -> step loop; with
+  N > 1 the slots form N groups that take turns, so the policy decides for one group while async
+  workers simulate the others. ``--workers`` (async) puts the slots in fewer processes, which
+  leaves cores for the policy: on 2 cores, ``--workers 1 --pipeline 2`` overlaps one core of
+  simulation with one of policy.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--tasks", default="reach-v3,drawer-open-v3")
     p.add_argument("--num-envs", type=int, default=4)
     p.add_argument("--vector", default="async", choices=["sync", "async"])
+    p.add_argument("--workers", type=int, default=0, help="async subprocesses (0 = one per env)")
+    p.add_argument("--pipeline", default="1", help="comma list of collect pipeline groups, one row each")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--max-steps", type=int, default=120)
     p.add_argument("--rounds", type=int, default=2, help="rounds of num_envs episodes per measurement")
@@ -79,11 +86,11 @@ def _raw(env, rounds: int, rng: np.random.Generator, chunk: int) -> tuple[int, f
     return steps, seconds
 
 
-def _collect(env, policy, rounds: int) -> tuple[int, float, float]:
+def _collect(env, policy, rounds: int, pipeline: int) -> tuple[int, float, float]:
     steps, seconds, policy_s = 0, 0.0, 0.0
     gen = torch.Generator().manual_seed(0)
     for rnd in range(rounds):
-        roll = collect(env, policy, _specs(env, rnd), mode="sample", generator=gen)
+        roll = collect(env, policy, _specs(env, rnd), mode="sample", generator=gen, pipeline=pipeline)
         steps += int(roll.env_steps.sum())
         seconds += roll.seconds["total"]
         policy_s += roll.seconds["policy"]
@@ -98,6 +105,7 @@ def main() -> None:
         tasks=a.tasks.split(","),
         num_envs=a.num_envs,
         vector=a.vector,
+        workers=a.workers,
         image_size=a.image_size,
         max_steps=a.max_steps,
     )
@@ -107,23 +115,31 @@ def main() -> None:
         policy = LastR1Policy(PolicyConfig(image_size=a.image_size))
     policy.eval()
     chunk = policy.config.chunk
+    pipelines = [int(x) for x in a.pipeline.split(",")]
     with make_env(cfg) as env:
         _raw(env, 1, np.random.default_rng(1), 0)  # warm-up: worker start, first renders
         step_steps, step_s = _raw(env, a.rounds, np.random.default_rng(0), 0)
         raw_steps, raw_s = _raw(env, a.rounds, np.random.default_rng(0), chunk)
-        col_steps, col_s, pol_s = _collect(env, policy, a.rounds)
-    raw_rate, col_rate = raw_steps / raw_s, col_steps / col_s
+        collected = {p: _collect(env, policy, a.rounds, p) for p in pipelines}
+    raw_rate = raw_steps / raw_s
+    workers = f", {a.workers or a.num_envs} worker process(es)" if a.vector == "async" else ""
     print(
-        f"\n{a.backend} {a.vector} x{a.num_envs}, {a.image_size}px, tasks {a.tasks}, {a.rounds} rounds,"
+        f"\n{a.backend} {a.vector} x{a.num_envs}{workers}, {a.image_size}px, tasks {a.tasks}, {a.rounds} rounds,"
         f" policy on {a.threads} torch thread(s)"
     )
     print(f"ratios against `raw chunk` (chunks of {chunk}, rendered once per chunk)")
-    print(f"{'mode':10s} {'env steps':>9s} {'steps/s':>8s} {'ratio':>6s} {'policy share':>12s}")
+    print(f"{'mode':11s} {'env steps':>9s} {'steps/s':>8s} {'ratio':>6s} {'policy share':>12s}")
     print(
-        f"{'raw step':10s} {step_steps:9d} {step_steps / step_s:8.1f} {step_steps / step_s / raw_rate:6.2f} {'-':>12s}"
+        f"{'raw step':11s} {step_steps:9d} {step_steps / step_s:8.1f} {step_steps / step_s / raw_rate:6.2f}"
+        f" {'-':>12s}"
     )
-    print(f"{'raw chunk':10s} {raw_steps:9d} {raw_rate:8.1f} {1.0:6.2f} {'-':>12s}")
-    print(f"{'collect':10s} {col_steps:9d} {col_rate:8.1f} {col_rate / raw_rate:6.2f} {pol_s / col_s:12.1%}")
+    print(f"{'raw chunk':11s} {raw_steps:9d} {raw_rate:8.1f} {1.0:6.2f} {'-':>12s}")
+    for p, (col_steps, col_s, pol_s) in collected.items():
+        col_rate = col_steps / col_s
+        print(
+            f"{'collect p' + str(p):11s} {col_steps:9d} {col_rate:8.1f} {col_rate / raw_rate:6.2f}"
+            f" {pol_s / col_s:12.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -262,3 +262,66 @@ def test_rl_rollouts_use_only_train_starts(toy_sft_checkpoint, tmp_path, monkeyp
     rl.train_rl(cfg)
     assert seen["rl"] == ["sample:train"] * 8  # 2 iterations x 4 rollouts
     assert set(seen["eval"]) == {"greedy:eval"} and len(seen["eval"]) == 2 * 2  # before + at the end
+
+
+def _episode_tokens(roll, i: int) -> torch.Tensor:
+    return roll.out.action_tokens[roll.index[i][roll.mask[i]]]
+
+
+def _toy(num_envs: int, **kw):
+    return make_env(EnvConfig(backend="toy", image_size=32, num_envs=num_envs, **kw))
+
+
+def test_pipelined_groups_collect_what_each_group_collects_alone(policy):
+    """pipeline=2: the policy decides for one group while the other's chunk runs. Greedy, each
+    group's episodes are exactly those of collecting that group on its own (same batches)."""
+    specs = [EpisodeSpec(i % 2, "train", i, max_steps=m) for i, m in enumerate([8, 17, 40, 25, 33])]
+    with _toy(5) as env:
+        piped = collect(env, policy, specs, mode="greedy", pipeline=2, record_frames=4)
+    alone = []
+    for part in (specs[:3], specs[3:]):  # np.array_split's groups
+        with _toy(len(part)) as env:
+            alone.append(collect(env, policy, part, mode="greedy", record_frames=4))
+    pairs = [(alone[0], i) for i in range(3)] + [(alone[1], i) for i in range(2)]
+    for slot, (ref, i) in enumerate(pairs):
+        assert torch.equal(_episode_tokens(piped, slot), _episode_tokens(ref, i))
+        assert piped.env_steps[slot] == ref.env_steps[i] and piped.success[slot] == ref.success[i]
+        assert torch.equal(piped.latent_len[slot][piped.mask[slot]], ref.latent_len[i][ref.mask[i]])
+        assert torch.equal(piped.rewards[slot][piped.mask[slot]], ref.rewards[i][ref.mask[i]])
+        if slot < 4:
+            frames = alone[0].frames[i] if slot < 3 else alone[1].frames[i]
+            assert len(piped.frames[slot]) == len(frames) == piped.env_steps[slot] + 1
+    assert sorted(piped.env_steps.tolist()) == [8, 17, 25, 33, 40]  # groups end at different times
+    assert piped.num_decisions == sum(r.num_decisions for r in alone)
+    # flat rows are consistent: every valid (n, t) points at a distinct row of ``out``
+    rows = piped.index[piped.mask]
+    assert sorted(rows.tolist()) == list(range(piped.num_decisions))
+
+
+def test_pipelined_collect_overlaps_async_workers_with_the_same_result(policy):
+    """Sampling with one generator: the same pipeline gives the same rollout in-process and with
+    one async worker holding every slot (where the chunks really run during the policy's turn)."""
+    specs = [EpisodeSpec(i % 2, "train", i, max_steps=12 + 4 * i) for i in range(4)]
+    rolls = []
+    for kw in ({}, {"vector": "async", "workers": 1}):
+        with _toy(4, **kw) as env:
+            rolls.append(collect(env, policy, specs, pipeline=2, generator=torch.Generator().manual_seed(2)))
+    a, b = rolls
+    assert torch.equal(a.out.action_tokens, b.out.action_tokens) and torch.equal(a.index, b.index)
+    assert torch.equal(a.out.stop_index, b.out.stop_index) and torch.equal(a.env_steps, b.env_steps)
+    with _toy(4) as env, pytest.raises(ValueError, match="pipeline=5 must be in"):
+        collect(env, policy, specs, pipeline=5)
+
+
+def test_pipelined_collect_keeps_the_episode_stop(policy):
+    import dataclasses
+
+    per_episode = LastR1Policy(dataclasses.replace(policy.config, stop_scope="episode")).eval()
+    per_episode.load_state_dict(policy.state_dict())
+    specs = [EpisodeSpec(i % 2, "train", i, max_steps=30) for i in range(5)]
+    with _toy(5) as env:
+        roll = collect(env, per_episode, specs, pipeline=3, generator=torch.Generator().manual_seed(1))
+    assert int(roll.out.stop_chosen.sum()) == len(specs) and roll.out.stop_chosen[roll.index[:, 0]].all()
+    for i in range(len(specs)):
+        lengths = roll.latent_len[i][roll.mask[i]]
+        assert (lengths == lengths[0]).all()

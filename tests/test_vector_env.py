@@ -183,3 +183,59 @@ def test_step_chunk_rejects_bad_shapes_with_the_expected_shape():
             env.step_chunk(np.zeros((2, 7)))
         with pytest.raises(ValueError, match="NaN"):
             env.step_chunk(np.full((2, 3, 7), np.nan))
+
+
+def _chunk_trajectory(env, specs, chunks, groups):
+    """Step ``chunks`` through send_chunk/recv_chunk, one request per group of slots in flight at once."""
+    env.reset(specs)
+    out = []
+    for chunk in chunks:
+        live = [g for g in ([i for i in grp if not env.done[i]] for grp in groups) if g]
+        if not live:
+            break
+        for g in live:
+            env.send_chunk(chunk, slots=g)
+        results = [env.recv_chunk() for _ in live]
+        last = results[-1]
+        reward = sum(r.reward for r in results)
+        steps = sum(r.info["chunk_steps"] for r in results)
+        out.append((last.obs.images, reward, steps, last.terminated, last.truncated))
+    return out
+
+
+@pytest.mark.parametrize(("vector", "workers"), [("sync", 0), ("async", 1), ("async", 2)])
+def test_split_chunks_on_slot_groups_equal_step_chunk(vector, workers):
+    """send_chunk on groups of slots, with several requests in flight (one worker may hold both
+    groups), gives the trajectories of one step_chunk over all slots."""
+    specs = [EpisodeSpec(task=i % 2, init_index=i, max_steps=9 + 3 * i) for i in range(3)]
+    rng = np.random.default_rng(5)
+    chunks = [rng.uniform(-1, 1, size=(3, 4, 7)) for _ in range(5)]
+    with _env(num_envs=3) as env:
+        expected = _chunk_trajectory(env, specs, chunks, [[0, 1, 2]])
+    with _env(num_envs=3, vector=vector, workers=workers) as env:
+        got = _chunk_trajectory(env, specs, chunks, [[2], [0, 1]])
+    per_slot_steps = sum(e[2] for e in expected)
+    assert len(set(per_slot_steps.tolist())) == 3 and (expected[-1][3] | expected[-1][4]).all()  # ends differ
+    for exp, res in zip(expected, got, strict=True):
+        for a, b in zip(exp, res, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_split_chunks_refuse_misuse_with_the_fix():
+    with _env(num_envs=2) as env:
+        env.reset([EpisodeSpec(task=0), EpisodeSpec(task=1)])
+        with pytest.raises(RuntimeError, match="without a chunk in flight"):
+            env.recv_chunk()
+        env.send_chunk(np.zeros((2, 3, 7)), slots=[1])
+        with pytest.raises(ValueError, match=r"slots \[1\].*already have a chunk in flight"):
+            env.send_chunk(np.zeros((2, 3, 7)), slots=[0, 1])
+        with pytest.raises(RuntimeError, match="recv_chunk"):
+            env.step(np.zeros((2, 7)))
+        with pytest.raises(RuntimeError, match="recv_chunk"):
+            env.reset([EpisodeSpec(task=0), EpisodeSpec(task=1)])
+        res = env.recv_chunk()
+        assert res.info["active"].tolist() == [False, True] and res.info["chunk_steps"].tolist() == [0, 3]
+    with pytest.raises(ValueError, match="env.workers=3 must be in"):
+        EnvConfig(backend="toy", num_envs=2, vector="async", workers=3)
+    with pytest.raises(ValueError, match="applies to env.vector=async"):
+        EnvConfig(backend="toy", num_envs=2, workers=1)

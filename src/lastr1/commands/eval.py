@@ -56,6 +56,7 @@ class Config:
     greedy_actions: str = "argmax"
     stop_scope: str = ""  # PolicyConfig.stop_scope ("decision" | "episode"); "" = the checkpoint's
     threads: int = 1  # torch threads; >1 is much slower when another process keeps a core busy
+    pipeline: int = 1  # slot groups taking turns (rollout.collect); checkpoint policies only
     progress: bool = True
 
 
@@ -81,6 +82,7 @@ def _protocol(cfg: Config, env: Any, policy: Any) -> dict[str, Any]:
         "image_size": cfg.env.image_size,
         "actions": _decode_name(policy.config) if cfg.policy == "checkpoint" else "scripted expert",
         "seed": cfg.seed,
+        "pipeline": cfg.pipeline,
         "versions": stack_versions(),
     }
     if cfg.env.backend == "libero":
@@ -137,6 +139,11 @@ def run(cfg: Config) -> int:
         from lastr1.envs.experts import expert_factory
 
         expert_factory(env_cfg.backend)  # a clear error before any simulator is built
+        if cfg.pipeline != 1:
+            raise ValueError(
+                f"pipeline={cfg.pipeline}: the scripted experts read the simulators between chunks, "
+                "so they need pipeline=1 (leave it out with --policy expert)"
+            )
         out = Path(cfg.out or Path("runs/eval-expert") / resolve_suite(env_cfg))
     with make_env(env_cfg) as env:
         result = evaluate(
@@ -147,6 +154,7 @@ def run(cfg: Config) -> int:
             videos_dir=out / "videos" if cfg.videos_per_task else None,
             videos_per_task=cfg.videos_per_task,
             progress=cfg.progress,
+            pipeline=cfg.pipeline,
         )
         result["protocol"] = _protocol(cfg, env, policy)
     result["suite"] = result["protocol"]["suite"]

@@ -20,7 +20,7 @@ keep returning their last observation until the next ``reset``; callers mask the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -154,6 +154,12 @@ class VectorEnv(Protocol):
     def step(self, actions: np.ndarray) -> StepResult: ...
 
     def step_chunk(self, actions: np.ndarray, record: int = 0) -> ChunkResult: ...
+
+    # split-phase step_chunk on a subset of slots, so the policy can decide for some slots while
+    # others simulate (the collector's pipeline); results come back oldest send first
+    def send_chunk(self, actions: np.ndarray, slots: Any = None, record: int = 0) -> None: ...
+
+    def recv_chunk(self) -> ChunkResult: ...
 
     def num_init_states(self, task: int, init_set: InitSet) -> int: ...
 

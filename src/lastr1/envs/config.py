@@ -27,6 +27,9 @@ class EnvConfig:
     max_steps: int | None = None
     # "sync": all envs stepped in this process; "async": one subprocess per env (spawn).
     vector: Literal["sync", "async"] = "sync"
+    # async only: subprocesses to spread the slots over (contiguous blocks); 0 = one per slot.
+    # Fewer workers than cores leaves cores for the policy (see `collect(pipeline=...)`).
+    workers: int = 0
     seed: int = 0
     # Meta-World only: shrink every placement range (objects, goals) about its centre by this factor;
     # 1 = the benchmark's ranges. Small values give LIBERO-like layout jitter around one layout,
@@ -38,6 +41,14 @@ class EnvConfig:
     def __post_init__(self) -> None:
         if self.num_envs < 1:
             raise ValueError(f"env.num_envs={self.num_envs} must be >= 1")
+        if not 0 <= self.workers <= self.num_envs:
+            raise ValueError(
+                f"env.workers={self.workers} must be in [0, env.num_envs={self.num_envs}] (0 = one per env)"
+            )
+        if self.workers and self.vector != "async":
+            raise ValueError(
+                f"env.workers={self.workers} applies to env.vector=async only (it is {self.vector!r})"
+            )
         if not 16 <= self.image_size <= 512:
             raise ValueError(f"env.image_size={self.image_size} must be in [16, 512] pixels")
         if self.max_steps is not None and self.max_steps < 1:

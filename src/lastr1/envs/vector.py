@@ -4,8 +4,13 @@ Two modes, one behaviour:
 
 * ``sync``: every slot lives in this process and is stepped in a loop. Best when rendering is
   cheap or the policy forward dominates (no pickling of images).
-* ``async``: one ``spawn`` subprocess per slot (fork hangs on GL contexts), stepped in parallel
-  through pipes. Best when simulation + rendering dominate and cores are free.
+* ``async``: ``spawn`` subprocesses (fork hangs on GL contexts), one per slot unless
+  ``EnvConfig.workers`` groups contiguous slots into fewer, stepped in parallel through pipes. Best
+  when simulation + rendering dominate and cores are free.
+
+``step_chunk`` also comes split in two, ``send_chunk(actions, slots)`` / ``recv_chunk()``: async
+workers step the sent slots while this process goes on, which is how the rollout collector overlaps
+the policy's forward pass for one group of slots with the simulation of another.
 
 Each slot lazily builds one ``SingleEnv`` per task it is asked to run and keeps up to
 ``max_cached_per_slot`` of them (LIBERO envs are ~2 GB, so it keeps one; Meta-World keeps all).
@@ -19,8 +24,9 @@ import contextlib
 import multiprocessing as mp
 import os
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -132,41 +138,60 @@ class _Slot:
 
 
 def _worker(
-    conn: Connection, cfg: EnvConfig, tasks: list[TaskSpec], factory: SingleEnvFactory, cache: int
+    conn: Connection,
+    cfg: EnvConfig,
+    tasks: list[TaskSpec],
+    factory: SingleEnvFactory,
+    cache: int,
+    num_slots: int,
 ) -> None:
-    """Subprocess loop: execute slot methods sent through the pipe until told to close."""
+    """Subprocess loop: run ``(method, [(local slot, args), ...])`` requests until told to close.
+
+    One reply per request, in order, so the parent may send several requests before reading.
+    """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    slot = _Slot(cfg, tasks, factory, cache)
+    slots = [_Slot(cfg, tasks, factory, cache) for _ in range(num_slots)]
     try:
         while True:
-            method, args = conn.recv()
+            method, calls = conn.recv()
             if method == "close":
-                slot.close()
+                for slot in slots:
+                    slot.close()
                 conn.send(("ok", None))
                 break
             try:
-                conn.send(("ok", getattr(slot, method)(*args)))
+                conn.send(("ok", [getattr(slots[local], method)(*args) for local, args in calls]))
             except Exception as exc:  # report to the parent with the worker's traceback
                 conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
     except (EOFError, KeyboardInterrupt):
-        slot.close()
+        for slot in slots:
+            slot.close()
     finally:
         conn.close()
 
 
 class _Remote:
-    """Parent-side handle to a slot running in a spawned subprocess."""
+    """Parent-side handle to a spawned subprocess that runs the slots ``slots`` (global indices)."""
 
     def __init__(
-        self, ctx: Any, cfg: EnvConfig, tasks: list[TaskSpec], factory: SingleEnvFactory, cache: int
+        self,
+        ctx: Any,
+        cfg: EnvConfig,
+        tasks: list[TaskSpec],
+        factory: SingleEnvFactory,
+        cache: int,
+        slots: list[int],
     ):
+        self.slots = slots
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child, cfg, tasks, factory, cache), daemon=True)
+        self.proc = ctx.Process(
+            target=_worker, args=(child, cfg, tasks, factory, cache, len(slots)), daemon=True
+        )
         self.proc.start()
         child.close()
 
-    def send(self, method: str, *args: Any) -> None:
-        self.conn.send((method, args))
+    def send(self, method: str, calls: list[tuple[int, tuple[Any, ...]]]) -> None:
+        self.conn.send((method, calls))
 
     def recv(self) -> Any:
         try:
@@ -180,13 +205,22 @@ class _Remote:
     def close(self) -> None:
         if self.proc.is_alive():
             try:
-                self.send("close")
+                self.send("close", [])
                 self.recv()
             except (RuntimeError, BrokenPipeError, OSError):
                 pass
         self.proc.join(timeout=10)
         if self.proc.is_alive():
             self.proc.kill()
+
+
+@dataclass
+class _Request:
+    """Calls sent to the slots ``which`` and not yet read back (see :meth:`BatchedEnv._send`)."""
+
+    which: list[int]
+    remotes: list[int] = field(default_factory=list)  # async: the workers written to, in order
+    results: list[Any] | None = None  # sync: computed at send time
 
 
 class BatchedEnv:
@@ -209,9 +243,13 @@ class BatchedEnv:
         self._async = cfg.vector == "async"
         if self._async:
             ctx = mp.get_context("spawn")
+            workers = cfg.workers or self.num_envs
+            blocks = np.array_split(np.arange(self.num_envs), workers)  # contiguous slots per worker
             self._remotes = [
-                _Remote(ctx, cfg, self.tasks, factory, max_cached_per_slot) for _ in range(self.num_envs)
+                _Remote(ctx, cfg, self.tasks, factory, max_cached_per_slot, b.tolist()) for b in blocks
             ]
+            # slot -> (worker, index inside the worker)
+            self._where = [(w, j) for w, b in enumerate(blocks) for j in range(len(b))]
         else:
             self._slots = [_Slot(cfg, self.tasks, factory, max_cached_per_slot) for _ in range(self.num_envs)]
         self._task = np.zeros(self.num_envs, dtype=np.int64)
@@ -220,16 +258,46 @@ class BatchedEnv:
         self._done = np.ones(self.num_envs, dtype=bool)
         self._success = np.zeros(self.num_envs, dtype=bool)
         self._last: list[SingleObs | None] = [None] * self.num_envs
+        self._pending: deque[tuple[_Request, int]] = deque()  # chunks sent, not yet received (record)
         self._closed = False
 
     # -- dispatch -------------------------------------------------------------------------------
+    def _send(self, method: str, per_slot_args: list[tuple[Any, ...]], which: list[int]) -> _Request:
+        """Start ``method`` on the slots in ``which``: async workers run it while this process goes on;
+        sync slots run it now. Read the results with :meth:`_recv`, in the order of the sends."""
+        req = _Request(list(which))
+        if not self._async:
+            req.results = [
+                getattr(self._slots[i], method)(*args) for i, args in zip(which, per_slot_args, strict=True)
+            ]
+            return req
+        calls: dict[int, list[tuple[int, tuple[Any, ...]]]] = {}
+        for i, args in zip(which, per_slot_args, strict=True):
+            w, local = self._where[i]
+            calls.setdefault(w, []).append((local, args))
+        for w, worker_calls in calls.items():
+            self._remotes[w].send(method, worker_calls)
+        req.remotes = list(calls)
+        return req
+
+    def _recv(self, req: _Request) -> list[Any]:
+        """The results of ``req`` in the order of its slots (blocks until its workers answer)."""
+        if req.results is not None:
+            return req.results
+        by_slot: dict[int, Any] = {}
+        for w in req.remotes:
+            slots = [i for i in req.which if self._where[i][0] == w]
+            by_slot.update(zip(slots, self._remotes[w].recv(), strict=True))
+        return [by_slot[i] for i in req.which]
+
     def _call_all(self, method: str, per_slot_args: list[tuple[Any, ...]], which: list[int]) -> list[Any]:
-        """Call ``method`` on the slots in ``which``; async slots run concurrently."""
-        if self._async:
-            for i, args in zip(which, per_slot_args, strict=True):
-                self._remotes[i].send(method, *args)
-            return [self._remotes[i].recv() for i in which]
-        return [getattr(self._slots[i], method)(*args) for i, args in zip(which, per_slot_args, strict=True)]
+        """Call ``method`` on the slots in ``which``; async workers run concurrently."""
+        if self._pending:
+            raise RuntimeError(
+                f"{method}() while {len(self._pending)} action chunk(s) are in flight: "
+                "call recv_chunk() for every send_chunk() first"
+            )
+        return self._recv(self._send(method, per_slot_args, which))
 
     # -- VectorEnv API --------------------------------------------------------------------------
     def num_init_states(self, task: int, init_set: InitSet) -> int:
@@ -264,15 +332,38 @@ class BatchedEnv:
 
     def step_chunk(self, actions: np.ndarray, record: int = 0) -> ChunkResult:
         """Run one ``(N, C, 7)`` action chunk per live slot (see :meth:`_Slot.step_chunk`)."""
+        if self._pending:
+            raise RuntimeError("step_chunk() while chunks are in flight: call recv_chunk() first")
+        self.send_chunk(actions, record=record)
+        return self.recv_chunk()
+
+    def send_chunk(self, actions: np.ndarray, slots: Any = None, record: int = 0) -> None:
+        """Start one ``(N, C, 7)`` action chunk on ``slots`` (default: every live slot); rows of other
+        slots are ignored. Async workers step while the caller goes on (e.g. the policy decides for
+        other slots); :meth:`recv_chunk` returns the results, oldest send first."""
         acts = check_action_chunks(actions, self.num_envs)
-        active = self._active()
+        busy = {i for req, _ in self._pending for i in req.which}
+        which = self._active() if slots is None else [int(i) for i in slots]
+        bad = [i for i in which if not 0 <= i < self.num_envs or self._done[i] or i in busy]
+        if bad:
+            raise ValueError(
+                f"send_chunk slots {bad} are out of range, done, or already have a chunk in flight; "
+                "send to live slots only, once per recv_chunk()"
+            )
         budget = self._max_steps - self._steps
+        args = [(acts[i], int(budget[i]), i < record) for i in which]
+        self._pending.append((self._send("step_chunk", args, which), record))
+
+    def recv_chunk(self) -> ChunkResult:
+        """Wait for the oldest chunk in flight; the result covers all N slots, with ``info["active"]``
+        marking the slots it stepped (rewards, ``chunk_steps`` and frames are zero/empty elsewhere)."""
+        if not self._pending:
+            raise RuntimeError("recv_chunk() without a chunk in flight: call send_chunk() first")
+        req, record = self._pending.popleft()
         reward = np.zeros(self.num_envs, dtype=np.float32)
         chunk_steps = np.zeros(self.num_envs, dtype=np.int64)
         frames: list[list[np.ndarray]] = [[] for _ in range(min(record, self.num_envs))]
-        args = [(acts[i], int(budget[i]), i < record) for i in active]
-        results = self._call_all("step_chunk", args, active)
-        for i, (obs, rew, success, taken, slot_frames) in zip(active, results, strict=True):
+        for i, (obs, rew, success, taken, slot_frames) in zip(req.which, self._recv(req), strict=True):
             self._last[i] = obs
             reward[i] = rew
             chunk_steps[i] = taken
@@ -280,7 +371,7 @@ class BatchedEnv:
             self._success[i] |= bool(success)
             if i < record:
                 frames[i] = slot_frames
-        terminated, truncated, info = self._end_of_step(active)
+        terminated, truncated, info = self._end_of_step(req.which)
         info["chunk_steps"] = chunk_steps
         return ChunkResult(self._batch(self._last), reward, terminated, truncated, info, frames=frames)
 

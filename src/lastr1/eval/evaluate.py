@@ -34,6 +34,7 @@ def evaluate(
     progress: bool = True,
     mode: str = "greedy",
     seed: int = 0,
+    pipeline: int = 1,
 ) -> dict[str, Any]:
     """Run ``episodes_per_task`` episodes per task and summarise them (see module docstring)."""
     if episodes_per_task < 1:
@@ -59,7 +60,15 @@ def evaluate(
         batch = specs[start : start + n]
         real = len(batch)
         batch = batch + [batch[-1]] * (n - real)  # pad the last round; padded slots are discarded
-        roll = collect(env, policy, batch, mode=mode, generator=gen, record_frames=n if videos_dir else 0)
+        roll = collect(
+            env,
+            policy,
+            batch,
+            mode=mode,
+            generator=gen,
+            record_frames=n if videos_dir else 0,
+            pipeline=min(pipeline, n),
+        )
         per_episode = roll.episode_latent_len()
         for i, spec in enumerate(batch[:real]):
             success[spec.task].append(bool(roll.success[i]))

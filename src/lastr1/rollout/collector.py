@@ -12,6 +12,7 @@ forward pass only pays for live episodes.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -93,6 +94,7 @@ def collect(
     record_frames: int = 0,
     group: list[int] | None = None,
     on_decision: Callable[[int], None] | None = None,
+    pipeline: int = 1,
 ) -> Rollout:
     """Run one episode in every slot of ``env`` from ``episodes`` and return the padded rollout.
 
@@ -102,10 +104,17 @@ def collect(
         record_frames: keep agent-view frames of the first this-many slots (for videos).
         group: initial-state group id per slot (GRPO); defaults to one group per distinct start.
         on_decision: called with the number of env steps taken after each decision (progress bars).
+        pipeline: split the slots into this many groups that take turns: while one group's action
+            chunk simulates (in async workers), the policy decides for the next. With
+            ``EnvConfig(vector="async", workers=...)`` leaving a core free this hides most of the
+            policy's time (``benchmarks/rollout_throughput.py``). The episodes are the same; the
+            batches, and so the sampling stream, differ from ``pipeline=1``.
     """
     n = env.num_envs
     if len(episodes) != n:
         raise ValueError(f"collect needs one EpisodeSpec per env slot: got {len(episodes)} for {n} envs")
+    if not 1 <= pipeline <= n:
+        raise ValueError(f"pipeline={pipeline} must be in [1, num_envs={n}] (1 = no overlap)")
     t0 = time.perf_counter()
     obs = env.reset(episodes)
     t_env = time.perf_counter() - t0
@@ -117,48 +126,62 @@ def collect(
     out_rows: list[Any] = []
     per_slot: list[list[tuple[int, float, int, float]]] = [[] for _ in range(n)]  # (row, reward, len, value)
     row = 0
-    # stop_scope "episode": the first decision's stop candidate per slot, kept for the episode
+    # stop_scope "episode": each slot's first stop candidate, kept for the episode (-1: not chosen yet)
     per_episode = getattr(getattr(policy, "config", None), "stop_scope", "decision") == "episode"
-    kept: torch.Tensor | None = None
-    while not done.all():
-        live = np.flatnonzero(~done)
-        sub_obs = obs.select(live)
+    kept = torch.full((n,), -1, dtype=torch.long)
+    in_flight: deque[tuple[np.ndarray, Any, int]] = deque()  # (slots, policy output, first row)
+
+    def decide(slots: np.ndarray) -> None:
+        """One batched ``policy.act`` for ``slots``, then start their action chunk."""
+        nonlocal t_policy, row
         t1 = time.perf_counter()
+        keep = kept[slots] if per_episode and bool((kept[slots] >= 0).all()) else None
         with torch.no_grad():
-            if kept is None:
-                out = policy.act(sub_obs, mode=mode, generator=generator)
+            if keep is None:
+                out = policy.act(obs.select(slots), mode=mode, generator=generator)
             else:
-                out = policy.act(sub_obs, mode=mode, generator=generator, keep_stop=kept[live])
+                out = policy.act(obs.select(slots), mode=mode, generator=generator, keep_stop=keep)
         t_policy += time.perf_counter() - t1
-        if per_episode and kept is None:  # every slot starts together, so all choose at row 0
-            kept = torch.zeros(n, dtype=torch.long)
-            kept[live] = out.stop_index.cpu()
+        if per_episode and keep is None:  # a group's slots start together: all choose now
+            kept[slots] = out.stop_index.cpu()
         actions = _as_numpy_actions(out.actions)  # (B, C, 7)
         full = np.zeros((n, *actions.shape[1:]), dtype=np.float64)
-        full[live] = actions
+        full[slots] = actions
+        env.send_chunk(full, slots=slots, record=len(frames))
+        in_flight.append((slots, out, row))
+        out_rows.append(out)
+        row += len(slots)
+
+    # ``pipeline`` groups of slots take turns: the policy decides for one group while the others'
+    # chunks run in async workers. With 1 group this is the plain act -> step loop.
+    for slots in np.array_split(np.arange(n), pipeline):
+        decide(slots)
+    while in_flight:
+        slots, out, first_row = in_flight.popleft()
         t2 = time.perf_counter()
-        res = env.step_chunk(full, record=len(frames))
+        res = env.recv_chunk()
         t_env += time.perf_counter() - t2
         env_steps += res.info["chunk_steps"]
         for i in range(len(frames)):
             frames[i].extend(res.frames[i])
         obs = res.obs
         newly_success = res.info["success"] & ~success
-        success |= res.info["success"]
-        done = res.terminated | res.truncated
-        out_rows.append(out)
+        success[slots] = res.info["success"][slots]
+        done[slots] = (res.terminated | res.truncated)[slots]
         values = (
             out.value.detach().cpu().numpy()
             if getattr(out, "value", None) is not None
-            else np.zeros(len(live))
+            else np.zeros(len(slots))
         )
         lengths = out.latent_len.detach().cpu().numpy()
-        for j, i in enumerate(live):
+        for j, i in enumerate(slots):
             r = success_reward if newly_success[i] else 0.0
-            per_slot[i].append((row + j, r, int(lengths[j]), float(values[j])))
-        row += len(live)
+            per_slot[i].append((first_row + j, r, int(lengths[j]), float(values[j])))
         if on_decision is not None:
             on_decision(int(env_steps.sum()))
+        live = slots[~done[slots]]
+        if len(live):
+            decide(live)
     t_max = max(len(s) for s in per_slot)
     index = torch.full((n, t_max), -1, dtype=torch.long)
     rewards = torch.zeros(n, t_max)

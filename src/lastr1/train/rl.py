@@ -86,9 +86,16 @@ class RLConfig:
     seed: int = 0
     resume: bool = True
     threads: int = 1  # torch threads; >1 is much slower when another process keeps a core busy
+    # slot groups that take turns, so the policy decides for one while the others simulate
+    # (rollout.collect); pays off with env.vector=async and env.workers below the core count
+    pipeline: int = 1
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if not 1 <= self.pipeline <= self.env.num_envs:
+            raise ValueError(
+                f"pipeline={self.pipeline} must be in [1, env.num_envs={self.env.num_envs}] (1 = no overlap)"
+            )
         if self.group_size < 1:
             raise ValueError(f"group_size={self.group_size}: must be >= 1 (rollouts per initial state)")
         if self.rollouts_per_iter < 1 or self.rollouts_per_iter % self.group_size:
@@ -354,6 +361,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                         success_reward=cfg.algo.success_reward,
                         generator=gen,
                         group=groups[s : s + env.num_envs],
+                        pipeline=cfg.pipeline,
                     )
                 )
             roll = merge_rollouts(rounds)
@@ -414,7 +422,14 @@ def _evaluate(
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     videos = out_dir / "evals" / f"videos_{it:05d}" if cfg.eval_videos else None
-    res = evaluate(policy, env, cfg.eval_episodes_per_task, progress=cfg.progress, videos_dir=videos)
+    res = evaluate(
+        policy,
+        env,
+        cfg.eval_episodes_per_task,
+        progress=cfg.progress,
+        videos_dir=videos,
+        pipeline=cfg.pipeline,
+    )
     save_eval(res, eval_file(out_dir, "greedy", it))
     row = {
         "env_steps": state["env_steps"],
@@ -427,7 +442,13 @@ def _evaluate(
     }
     if cfg.eval_sampled:
         sampled = evaluate(
-            policy, env, cfg.eval_episodes_per_task, progress=cfg.progress, mode="sample", seed=cfg.seed
+            policy,
+            env,
+            cfg.eval_episodes_per_task,
+            progress=cfg.progress,
+            mode="sample",
+            seed=cfg.seed,
+            pipeline=cfg.pipeline,
         )
         save_eval(sampled, eval_file(out_dir, "sample", it))
         row["eval_sampled_success"] = sampled["success_rate"]
