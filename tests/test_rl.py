@@ -466,3 +466,18 @@ def test_rl_with_stop_context_trains_the_readout_saves_it_and_resumes(toy_sft_ch
     assert final.stop_context_head.weight.abs().sum() > 0  # zero at the start, trained by LAPO
     resumed = train_rl(_cfg(toy_sft_checkpoint, out, stop_context=True, iterations=3, eval_every=0))
     assert resumed["iteration"] == 3  # the optimizer's stop group (with the readout) loaded back
+
+
+def test_rl_with_a_pipelined_collector_trains_and_evaluates(toy_sft_checkpoint, tmp_path):
+    """RLConfig.pipeline reaches the rollouts and the periodic evals: slot groups in one async worker."""
+    env = EnvConfig(backend="toy", image_size=32, num_envs=2, vector="async", workers=1)
+    out = tmp_path / "piped"
+    state = train_rl(_cfg(toy_sft_checkpoint, out, env=env, pipeline=2, iterations=2))
+    assert state["iteration"] == 2 and "stopped" not in state
+    rows = read_metrics(out / "metrics.jsonl")
+    train = [r for r in rows if "loss" in r]
+    assert len(train) == 2 and all(r["env_steps_per_s"] > 0 for r in train)
+    evals = [r for r in rows if "eval_success" in r]
+    assert evals and all(r["eval_episodes"] > 0 for r in evals)
+    with pytest.raises(ValueError, match=r"pipeline=3 must be in \[1, env.num_envs=2\]"):
+        _cfg(toy_sft_checkpoint, tmp_path / "bad", pipeline=3)
