@@ -468,12 +468,26 @@ def test_rl_with_stop_context_trains_the_readout_saves_it_and_resumes(toy_sft_ch
     assert resumed["iteration"] == 3  # the optimizer's stop group (with the readout) loaded back
 
 
-def test_rl_with_a_pipelined_collector_trains_and_evaluates(toy_sft_checkpoint, tmp_path):
+def test_rl_with_a_pipelined_collector_trains_and_evaluates(toy_sft_checkpoint, tmp_path, monkeypatch):
     """RLConfig.pipeline reaches the rollouts and the periodic evals: slot groups in one async worker."""
+    from lastr1.eval import evaluate as evaluate_module
+
+    seen: list[tuple[str, int]] = []
+
+    def spy(where, real):
+        def wrapped(*args, **kwargs):
+            seen.append((where, kwargs.get("pipeline", 1)))
+            return real(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(rl, "collect", spy("train", rl.collect))
+    monkeypatch.setattr(evaluate_module, "collect", spy("eval", evaluate_module.collect))
     env = EnvConfig(backend="toy", image_size=32, num_envs=2, vector="async", workers=1)
     out = tmp_path / "piped"
     state = train_rl(_cfg(toy_sft_checkpoint, out, env=env, pipeline=2, iterations=2))
     assert state["iteration"] == 2 and "stopped" not in state
+    assert {w for w, _ in seen} == {"train", "eval"} and all(p == 2 for _, p in seen), seen
     rows = read_metrics(out / "metrics.jsonl")
     train = [r for r in rows if "loss" in r]
     assert len(train) == 2 and all(r["env_steps_per_s"] > 0 for r in train)
