@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -69,6 +70,18 @@ def _args() -> argparse.Namespace:
         "--placement-scale", type=float, default=0.3, help="Meta-World placement ranges x this (demo: 0.3)"
     )
     p.add_argument("--vector", default="async", choices=["sync", "async"])
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="async simulator processes (env.workers; 0 = one per env slot)",
+    )
+    p.add_argument(
+        "--pipeline",
+        type=int,
+        default=1,
+        help="env groups stepping while the policy acts on another (RLConfig.pipeline; 1 = no overlap)",
+    )
     p.add_argument("--eval-episodes", type=int, default=10, help="per task, on the eval initial states")
     p.add_argument(
         "--eval-every",
@@ -177,6 +190,7 @@ def _run(a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progre
         eval_sampled=True,
         stop_scope=a.stop_scope,
         stop_context=a.stop_context and algo == "lapo",
+        pipeline=a.pipeline,
         seed=seed,
         progress=progress,  # a bar per run when runs are sequential: each takes minutes
     )
@@ -210,6 +224,7 @@ def main() -> None:
         image_size=a.image_size,
         max_steps=a.max_steps,
         vector=a.vector,
+        workers=a.workers,
         placement_scale=a.placement_scale,
     )
     seeds = [int(k) for k in a.seeds.split(",")]
@@ -303,8 +318,8 @@ def _print_table(befores: list[dict[str, Any]], results: dict[str, list[dict[str
         wall = sum(r["wall_s"] for r in runs) / len(runs)
         print(
             f"{algo:12s} {len(runs):5d} {before_rate:7.1%} "
-            f"{mean:8.1%} [{mean - half:5.1%}, {mean + half:5.1%}] "
-            f"{delta:+7.1%} [{delta - d_half:+5.1%}, {delta + d_half:+5.1%}] "
+            f"{mean:8.1%} {_bracket(mean, half, '5.1%')} "
+            f"{delta:+7.1%} {_bracket(delta, d_half, '+5.1%')} "
             f"{before_len:5.2f} → {lat:4.2f} {steps:10.0f} {wall:7.0f}"
         )
     tasks = list(befores[0]["per_task"])
@@ -315,6 +330,12 @@ def _print_table(befores: list[dict[str, Any]], results: dict[str, list[dict[str
     for algo, runs in results.items():
         cells = [sum(r["per_task"][t] for r in runs) / len(runs) for t in tasks]
         print(f"{algo:12s} " + " ".join(f"{c:18.1%}" for c in cells))
+
+
+def _bracket(centre: float, half: float, spec: str) -> str:
+    """``[lo, hi]`` of a 95 % interval, or a same-width note when one seed gives no interval."""
+    cell = f"[{centre - half:{spec}}, {centre + half:{spec}}]"
+    return f"{'[1 seed: no CI]':>{len(cell)}s}" if math.isnan(half) else cell
 
 
 def _print_lengths(runs: dict[str, list[Path]]) -> None:
@@ -331,7 +352,7 @@ def _print_lengths(runs: dict[str, list[Path]]) -> None:
             change, half = t_interval([b - a for a, b in zip(first, last, strict=True)])
             print(
                 f"{algo:12s} {task:26s} {sum(first) / len(first):5.2f} → {sum(last) / len(last):5.2f}  "
-                f"{change:+5.2f} [{change - half:+5.2f}, {change + half:+5.2f}]  ({len(curves)} seeds)"
+                f"{change:+5.2f} {_bracket(change, half, '+5.2f')}  ({len(curves)} seeds)"
             )
 
 
