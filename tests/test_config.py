@@ -76,6 +76,13 @@ def test_dataclass_validation_surfaces_as_config_error():
         load_config(EnvConfig, None, ["num_envs=0"])
 
 
+def test_unused_env_seed_is_refused_with_the_fix():
+    # it once did nothing silently: a user sweeping env.seed would have rerun the same starts
+    with pytest.raises(ConfigError, match=r"env.seed=3 is not used.*lastr1 rl seed=1"):
+        load_config(EnvConfig, None, ["seed=3"])
+    assert load_config(EnvConfig, None, ["seed=0"]).seed == 0  # saved configs still load
+
+
 def test_save_then_load_round_trip(tmp_path):
     cfg = load_config(Outer, None, ["inner.names=x", "lr=0.25"])
     save_config(cfg, tmp_path / "saved.yaml")

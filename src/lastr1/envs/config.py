@@ -30,6 +30,8 @@ class EnvConfig:
     # async only: subprocesses to spread the slots over (contiguous blocks); 0 = one per slot.
     # Fewer workers than cores leaves cores for the policy (see `collect(pipeline=...)`).
     workers: int = 0
+    # Kept so saved configs load; must stay 0. Initial states are fixed by (task, init_set, index) so
+    # that every run and evaluator sees the same starts; randomness belongs to each command's `seed`.
     seed: int = 0
     # Meta-World only: shrink every placement range (objects, goals) about its centre by this factor;
     # 1 = the benchmark's ranges. Small values give LIBERO-like layout jitter around one layout,
@@ -48,6 +50,12 @@ class EnvConfig:
         if self.workers and self.vector != "async":
             raise ValueError(
                 f"env.workers={self.workers} applies to env.vector=async only (it is {self.vector!r})"
+            )
+        if self.seed != 0:
+            raise ValueError(
+                f"env.seed={self.seed} is not used: initial states are fixed by (task, init_set, index) "
+                "so runs compare; leave it at 0 and set the command's own seed instead (`lastr1 rl seed=1`, "
+                "`lastr1 sft seed=1`, `lastr1 eval seed=1`)"
             )
         if not 16 <= self.image_size <= 512:
             raise ValueError(f"env.image_size={self.image_size} must be in [16, 512] pixels")
