@@ -73,16 +73,21 @@ def main() -> None:
     print(
         f"\n{a.checkpoint}: {a.mode} rollouts on {a.episodes} eval starts per task; KL(p_{long_} ‖ p_L) "
         "in nats per action token on the same latents; flips: greedy tokens that differ between "
-        f"lengths {short} and {long_}; chunk KL: consecutive decisions at length {long_}"
+        f"lengths {short} and {long_}; swap KL: at length {long_} with the next same-task decision's "
+        f"latents; chunk KL: consecutive decisions at length {long_}; ratios: KL L={short} and swap KL "
+        "over chunk KL"
     )
     kl_heads = " ".join(f"{'KL L=' + str(L):>9s}" for L in lengths[:-1])
-    print(f"{'task':26s} {'decisions':>9s} {kl_heads} {'flips':>7s} {'chunk KL':>9s} {'ratio':>7s}")
+    print(
+        f"{'task':26s} {'decisions':>9s} {kl_heads} {'flips':>7s} {'swap KL':>9s} {'chunk KL':>9s} "
+        f"{'ratio':>7s} {'swap ratio':>10s}"
+    )
     for task, row in zip(tasks, rows, strict=True):
         kls = " ".join(f"{row['kl'][L]:9.4f}" for L in lengths[:-1])
         ratio = row["kl"][short] / row["state_kl"]
         print(
-            f"{task:26s} {row['decisions']:9d} {kls} {row['flip'][short]:7.1%} "
-            f"{row['state_kl']:9.4f} {ratio:7.2f}"
+            f"{task:26s} {row['decisions']:9d} {kls} {row['flip'][short]:7.1%} {row['swap_kl']:9.4f} "
+            f"{row['state_kl']:9.4f} {ratio:7.2f} {row['swap_kl'] / row['state_kl']:10.2f}"
         )
     if a.out:
         Path(a.out).write_text(json.dumps(dict(zip(tasks, rows, strict=True)), indent=2))
