@@ -4,7 +4,9 @@ Runs the checkpoint on the ``eval`` starts (greedy by default), then re-scores e
 action tokens at each stop candidate on the same latents (``lastr1.eval.length_sensitivity``) and
 prints, per task: KL(p_Lmax ‖ p_L) in nats per token, the fraction of greedy action tokens that
 change between the shortest and the longest length, and the yardstick, the KL between consecutive
-decisions of one episode (one action chunk of motion). The last column is their ratio.
+decisions of one episode (one action chunk of motion), and the swap KL: the actions at the longest
+length with another same-task decision's latents. The ratios are the KL at the shortest length and
+the swap KL over the chunk KL.
 
     python benchmarks/length_sensitivity.py --checkpoint runs/demo-default/sft/final --episodes 10
 """
@@ -12,6 +14,7 @@ decisions of one episode (one action chunk of motion). The last column is their 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -61,11 +64,17 @@ def main() -> None:
     specs = [EpisodeSpec(t, "eval", i) for t in range(len(tasks)) for i in range(a.episodes)]
     gen = torch.Generator().manual_seed(0)
     parts = []
+    rounds = [specs[s : s + a.num_envs] for s in range(0, len(specs), a.num_envs)]
+    bar = tqdm(total=len(specs), desc="rollout episodes", unit="ep")
     with make_env(env_cfg) as env:
-        for s in tqdm(range(0, len(specs), a.num_envs), desc="rollout rounds", unit="round"):
-            batch = specs[s : s + a.num_envs]
-            batch = batch + [batch[-1]] * (a.num_envs - len(batch))  # a padded round repeats a start
+        for batch in rounds[:-1] if len(rounds[-1]) < a.num_envs else rounds:
             parts.append(collect(env, policy, batch, mode=a.mode, generator=gen))
+            bar.update(len(batch))
+    if len(rounds[-1]) < a.num_envs:  # a smaller env for the rest: padded slots would count twice
+        with make_env(dataclasses.replace(env_cfg, num_envs=len(rounds[-1]))) as env:
+            parts.append(collect(env, policy, rounds[-1], mode=a.mode, generator=gen))
+            bar.update(len(rounds[-1]))
+    bar.close()
     roll = merge_rollouts(parts)
     rows = length_sensitivity(policy, roll, len(tasks))
     lengths = policy.layout.candidate_lengths()

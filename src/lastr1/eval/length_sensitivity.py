@@ -8,7 +8,6 @@ with the longest one:
 
 * ``kl[L]``: mean over decisions and action tokens of ``KL(p_Lmax ‖ p_L)`` (nats per token);
 * ``flip[L]``: the fraction of action tokens whose argmax differs from ``p_Lmax``'s;
-
 * ``swap_kl``: ``KL(p_Lmax ‖ p_Lmax with another decision's latents)``, where the other decision is
   from the same task (the next one in rollout order): do the actions read what the latents say,
   or only that there are latents?
