@@ -64,16 +64,20 @@ def main() -> None:
     specs = [EpisodeSpec(t, "eval", i) for t in range(len(tasks)) for i in range(a.episodes)]
     gen = torch.Generator().manual_seed(0)
     parts = []
-    rounds = [specs[s : s + a.num_envs] for s in range(0, len(specs), a.num_envs)]
+    n = a.num_envs
+    full = len(specs) - len(specs) % n  # episodes that fill whole rounds of n slots
     bar = tqdm(total=len(specs), desc="rollout episodes", unit="ep")
-    with make_env(env_cfg) as env:
-        for batch in rounds[:-1] if len(rounds[-1]) < a.num_envs else rounds:
-            parts.append(collect(env, policy, batch, mode=a.mode, generator=gen))
-            bar.update(len(batch))
-    if len(rounds[-1]) < a.num_envs:  # a smaller env for the rest: padded slots would count twice
-        with make_env(dataclasses.replace(env_cfg, num_envs=len(rounds[-1]))) as env:
-            parts.append(collect(env, policy, rounds[-1], mode=a.mode, generator=gen))
-            bar.update(len(rounds[-1]))
+
+    def run(env_cfg: EnvConfig, batches: list[list[EpisodeSpec]]) -> None:
+        with make_env(env_cfg) as env:
+            for batch in batches:
+                parts.append(collect(env, policy, batch, mode=a.mode, generator=gen))
+                bar.update(len(batch))
+
+    if full:
+        run(env_cfg, [specs[s : s + n] for s in range(0, full, n)])
+    if full < len(specs):  # the rest in a smaller env: padded slots would count twice
+        run(dataclasses.replace(env_cfg, num_envs=len(specs) - full), [specs[full:]])
     bar.close()
     roll = merge_rollouts(parts)
     rows = length_sensitivity(policy, roll, len(tasks))

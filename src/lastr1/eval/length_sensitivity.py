@@ -33,7 +33,6 @@ def _token_kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return (logp.exp() * (logp - logq)).sum(-1).mean(-1)
 
 
-@torch.no_grad()
 def _action_logp(
     policy: LastR1Policy, roll: Rollout, candidate: int, latents: torch.Tensor, batch_size: int
 ) -> torch.Tensor:
@@ -78,18 +77,20 @@ def _same_task_partner(task_of: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def length_sensitivity(policy: LastR1Policy, roll: Rollout, num_tasks: int) -> list[dict]:
+def length_sensitivity(
+    policy: LastR1Policy, roll: Rollout, num_tasks: int, batch_size: int = 256
+) -> list[dict]:
     """Per task: ``kl`` and ``flip`` per candidate length (vs the longest), ``swap_kl``, ``state_kl``,
     ``decisions``."""
     if policy.layout.k_max == 0:
         raise ValueError("length_sensitivity needs a policy with latents (PolicyConfig.k_max > 0)")
-    logp = action_logp_per_length(policy, roll)
+    logp = action_logp_per_length(policy, roll, batch_size)
     longest = logp[-1]
     kl = torch.stack([_token_kl(longest, lp) for lp in logp])  # (candidates, decisions)
     flip = torch.stack([(lp.argmax(-1) != longest.argmax(-1)).float().mean(-1) for lp in logp])
     task_of = roll.flat(roll.task[:, None].expand_as(roll.mask))
     swapped = roll.out.latents[_same_task_partner(task_of)]
-    swap_logp = _action_logp(policy, roll, policy.layout.num_candidates - 1, swapped, 256)
+    swap_logp = _action_logp(policy, roll, policy.layout.num_candidates - 1, swapped, batch_size)
     swap_kl = _token_kl(longest, swap_logp)
     # consecutive decisions of one episode: rows index[n, t] and index[n, t + 1]
     both = roll.mask[:, :-1] & roll.mask[:, 1:]
