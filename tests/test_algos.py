@@ -257,3 +257,50 @@ def test_kl_coef_adds_the_anchor_term_and_needs_it():
     assert metrics["kl_ref"] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="kl_coef"):
         AlgoConfig(kl_coef=-1.0)
+
+
+def test_stop_kl_matches_float64_at_the_sampling_temperature():
+    from lastr1.algos.losses import stop_kl
+
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    ref_logits = torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    temps = torch.tensor([1.0, 1.6, 1.6, 0.5], dtype=torch.float64)
+    by_hand = []
+    for b in range(4):
+        p = [math.exp(x) for x in (logits[b] / temps[b]).tolist()]
+        q = [math.exp(x) for x in (ref_logits[b] / temps[b]).tolist()]
+        p, q = [x / sum(p) for x in p], [x / sum(q) for x in q]
+        by_hand.append(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True)))
+    kl = stop_kl(logits, ref_logits, temps)
+    assert kl.tolist() == pytest.approx(by_hand, rel=1e-9)
+    assert stop_kl(logits, ref_logits, 1.6)[1].item() == pytest.approx(by_hand[1], rel=1e-9)  # scalar T
+    assert stop_kl(ref_logits, ref_logits, temps).abs().max() < 1e-12  # zero at the anchor
+    # a gradient step on the KL moves the stop distribution toward the anchor's
+    (grad,) = torch.autograd.grad(kl.sum(), logits)
+    assert (stop_kl(logits - 0.1 * grad, ref_logits, temps) < kl).all()
+
+
+def test_stop_kl_coef_adds_the_mean_over_decisions_that_chose_their_stop():
+    cfg = AlgoConfig(stop_kl_coef=0.25)
+    new, old = _terms()
+    with pytest.raises(ValueError, match="stop_kl_ref"):
+        get_algorithm("lapo").loss(new, old, cfg)
+    b = new.values.shape[0]
+    new.stop_kl_ref = torch.arange(b, dtype=new.values.dtype) + 1.0
+    without, _ = get_algorithm("lapo").loss(new, old, AlgoConfig())
+    with_kl, metrics = get_algorithm("lapo").loss(new, old, cfg)
+    assert with_kl.item() == pytest.approx(without.item() + 0.25 * new.stop_kl_ref.mean().item())
+    # stop_scope "episode": only the decisions that chose their stop carry the KL
+    old.stop_mask = torch.zeros(b, dtype=torch.bool)
+    old.stop_mask[0] = True
+    without, _ = get_algorithm("lapo").loss(new, old, AlgoConfig())
+    with_kl, metrics = get_algorithm("lapo").loss(new, old, cfg)
+    assert with_kl.item() == pytest.approx(without.item() + 0.25 * 1.0)
+    assert metrics["stop_kl_ref"] == pytest.approx(1.0)
+    old.stop_mask[:] = False  # a minibatch with no stop choice adds nothing
+    with_kl, _ = get_algorithm("lapo").loss(new, old, cfg)
+    without, _ = get_algorithm("lapo").loss(new, old, AlgoConfig())
+    assert with_kl.item() == pytest.approx(without.item())
+    with pytest.raises(ValueError, match="stop_kl_coef"):
+        AlgoConfig(stop_kl_coef=-0.1)

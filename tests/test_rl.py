@@ -423,6 +423,58 @@ def test_kl_anchor_is_the_starting_policy(toy_sft_checkpoint, tmp_path, monkeypa
     assert rows[1]["kl_ref"] > 1e-6
 
 
+def test_stop_kl_anchors_the_stop_to_the_starting_policy(toy_sft_checkpoint, tmp_path):
+    """algo.stop_kl_coef > 0 (without the action KL) loads the anchor and logs the stop's KL to it:
+    zero before the first step, positive once the stop head has moved."""
+    cfg = _cfg(toy_sft_checkpoint, tmp_path, iterations=2, eval_every=0, minibatches=1, stop_lr=3e-2)
+    cfg.algo.stop_kl_coef = 0.1
+    train_rl(cfg)
+    rows = _train_rows(tmp_path)
+    assert "kl_ref" not in rows[0]  # only the stop is anchored
+    assert rows[0]["stop_kl_ref"] == pytest.approx(0.0, abs=1e-7)  # one minibatch: scored before any step
+    assert rows[1]["stop_kl_ref"] > 1e-7
+
+
+def test_stop_kl_pulls_a_moved_stop_back_to_the_starting_one(toy_sft_checkpoint):
+    """Through the trainer's own update (the length bandit's loop), with every episode succeeding so
+    the policy gradient is zero: the stop KL moves a perturbed stop back toward the anchor's, and
+    without it the stop stays where it was put."""
+    from lastr1.envs import make_env
+    from lastr1.envs.base import EpisodeSpec
+    from lastr1.eval.length_bandit import LengthBandit, length_summary, train_stop_on_bandit
+
+    with make_env(EnvConfig(backend="toy", image_size=32, num_envs=8)) as env:
+        obs = env.reset([EpisodeSpec(i % 2, "train", i) for i in range(8)])
+    anchor = LastR1Policy.from_pretrained(toy_sft_checkpoint).eval().requires_grad_(False)
+    inputs, task = anchor.encode_obs(obs), torch.from_numpy(obs.task)
+    start = length_summary(anchor, inputs, task, 2)["expected_len"]
+    gaps = {}
+    for coef in (0.0, 1.0):
+        policy = LastR1Policy.from_pretrained(toy_sft_checkpoint).eval()
+        policy.enable_stop_context()
+        with torch.no_grad():  # move the stop: a random readout of the observation
+            policy.stop_context_head.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(3))
+        cfg = _cfg(toy_sft_checkpoint, "unused", stop_lr=3e-2, stop_context=True, value_trains_backbone=False)
+        cfg.algo.stop_kl_coef = coef
+        hist = train_stop_on_bandit(
+            policy, cfg, LengthBandit(torch.ones(2, 2)), inputs, task, 20, 4, inputs, task, anchor=anchor
+        )
+        gaps[coef] = [
+            sum(abs(h["expected_len"][t] - start[t]) for t in range(2)) for h in (hist[0], hist[-1])
+        ]
+    print(f"|expected length - the anchor's| summed over 2 tasks, before -> after: {gaps}")
+    assert gaps[0.0][0] > 0.1  # the perturbation moved the stop
+    assert gaps[0.0][1] == pytest.approx(gaps[0.0][0], abs=1e-6)  # no reward signal, no KL: no move
+    assert gaps[1.0][1] < 0.3 * gaps[1.0][0]  # the stop KL pulls it back
+
+
+def test_stop_kl_is_refused_for_an_algorithm_that_does_not_train_the_stop(toy_sft_checkpoint, tmp_path):
+    cfg = _cfg(toy_sft_checkpoint, tmp_path / "run", algo="ppo_action")
+    cfg.algo.stop_kl_coef = 0.1
+    with pytest.raises(ValueError, match="algo.stop_kl_coef=0.1: ppo_action does not train the stop"):
+        train_rl(cfg)
+
+
 def test_stop_context_lets_lapo_give_two_tasks_opposite_lengths(toy_sft_checkpoint):
     """Length bandit (lastr1.eval.length_bandit): the red task succeeds more often reasoning short,
     the blue one reasoning long. With the context readout LAPO's stop must separate the two tasks;

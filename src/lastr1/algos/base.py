@@ -36,6 +36,10 @@ class AlgoConfig:
     # KL(π_θ ‖ π_start) per action token, π_start the checkpoint RL started from; 0 = the reference
     # (no KL). An anchor where the policy gradient carries little signal (docs/rl.md)
     kl_coef: float = 0.0
+    # KL(π_θ ‖ π_start) of the stop categorical (at the stop temperature), on decisions that chose
+    # their stop; LAPO only; 0 = the reference. Holds a task's reasoning length where its outcome does
+    # not depend on it, so the length moves only where reward says so (docs/rl.md)
+    stop_kl_coef: float = 0.0
     success_reward: float = 5.0
 
     def __post_init__(self) -> None:
@@ -47,6 +51,10 @@ class AlgoConfig:
             raise ValueError("algo.gamma must be in (0, 1] and algo.lam in [0, 1]")
         if self.kl_coef < 0:
             raise ValueError(f"algo.kl_coef={self.kl_coef} must be >= 0 (0 = no KL, the reference)")
+        if self.stop_kl_coef < 0:
+            raise ValueError(
+                f"algo.stop_kl_coef={self.stop_kl_coef} must be >= 0 (0 = no stop KL, the reference)"
+            )
 
 
 @dataclass
@@ -80,6 +88,7 @@ class NewTerms:
     values: torch.Tensor  # (B,)
     entropy: torch.Tensor  # (B,) mean per-token action entropy
     kl_ref: torch.Tensor | None = None  # (B,) mean per-token KL to the starting policy (kl_coef > 0)
+    stop_kl_ref: torch.Tensor | None = None  # (B,) stop KL to the starting policy (stop_kl_coef > 0)
 
 
 class Algorithm(Protocol):

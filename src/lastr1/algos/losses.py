@@ -43,6 +43,21 @@ def token_kl(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     return (logp.exp() * (logp - logp_ref)).sum(-1).mean(-1)
 
 
+def stop_kl(
+    logits: torch.Tensor, logits_ref: torch.Tensor, temperature: torch.Tensor | float
+) -> torch.Tensor:
+    """``KL(π ‖ π_ref)`` of the stop categorical over the candidates, per decision -> ``(B,)``.
+
+    Both sides at the temperature the stop is sampled from (``temperature``: a scalar or ``(B,)``),
+    so the anchor holds the distribution RL actually draws lengths from.
+    """
+    t = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
+    t = t[:, None] if t.ndim == 1 else t
+    logp = torch.log_softmax(logits / t, dim=-1)
+    logp_ref = torch.log_softmax(logits_ref / t, dim=-1)
+    return token_kl(logp[:, None], logp_ref[:, None])
+
+
 def combine(
     policy: torch.Tensor,
     new: NewTerms,
@@ -52,7 +67,8 @@ def combine(
     *,
     with_value: bool,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``policy (+ c_v · value loss) − c_H · entropy (+ β · KL to the start)`` and the metrics."""
+    """``policy (+ c_v · value loss) − c_H · entropy (+ β · KL to the start + β_e · stop KL)`` and
+    the metrics. The stop KL averages over the decisions that chose their stop (``old.stop_mask``)."""
     entropy = new.entropy.mean()
     total = policy - cfg.entropy_coef * entropy
     if cfg.kl_coef > 0:
@@ -61,6 +77,14 @@ def combine(
         kl = new.kl_ref.mean()
         total = total + cfg.kl_coef * kl
         metrics["kl_ref"] = kl.item()
+    if cfg.stop_kl_coef > 0:
+        if new.stop_kl_ref is None:
+            raise ValueError("algo.stop_kl_coef > 0 needs NewTerms.stop_kl_ref (the trainer computes it)")
+        chose = new.stop_kl_ref if old.stop_mask is None else new.stop_kl_ref[old.stop_mask]
+        # a minibatch without a stop choice (stop_scope "episode") adds zero, still in the graph
+        stop_kl = chose.mean() if chose.numel() else new.stop_kl_ref.sum() * 0.0
+        total = total + cfg.stop_kl_coef * stop_kl
+        metrics["stop_kl_ref"] = stop_kl.item()
     if with_value:
         v_loss = value_loss(new, old, cfg)
         total = total + cfg.value_coef * v_loss

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from lastr1.algos import AlgoConfig, NewTerms, OldTerms, gae, get_algorithm, grpo, whiten
-from lastr1.algos.losses import token_kl
+from lastr1.algos.losses import stop_kl, token_kl
 from lastr1.config import save_config
 from lastr1.envs import EnvConfig, EpisodeSpec, make_env
 from lastr1.envs.base import VectorEnv
@@ -203,9 +203,9 @@ def update_policy(
 ) -> dict[str, float]:
     """K epochs of minibatch updates; raises FloatingPointError on a non-finite loss or gradient norm.
 
-    ``anchor`` (the frozen starting policy) is needed when ``algo.kl_coef > 0``. The bad minibatch
-    is not applied, but earlier minibatches of this call already were: the caller must roll the
-    policy back to its last good weights.
+    ``anchor`` (the frozen starting policy) is needed when ``algo.kl_coef`` or ``algo.stop_kl_coef``
+    is > 0. The bad minibatch is not applied, but earlier minibatches of this call already were: the
+    caller must roll the policy back to its last good weights.
     """
     algo = get_algorithm(cfg.algo.name)
     n = old.advantages.shape[0]
@@ -218,12 +218,15 @@ def update_policy(
         for mb in perm.chunk(min(cfg.minibatches, n)):
             batch = PolicyBatch.from_act(out.index(mb))
             lp = policy.log_probs(batch)
-            kl_ref = None
+            kl_ref = stop_kl_ref = None
             if anchor is not None:
                 with torch.no_grad():
-                    ref_logp = anchor.log_probs(batch).action_logp_all
-                kl_ref = token_kl(lp.action_logp_all, ref_logp)
-            new = NewTerms(lp.logp_tokens, lp.logp_stop, lp.mu, lp.value, lp.entropy, kl_ref)
+                    ref = anchor.log_probs(batch)
+                if cfg.algo.kl_coef > 0:
+                    kl_ref = token_kl(lp.action_logp_all, ref.action_logp_all)
+                if cfg.algo.stop_kl_coef > 0:
+                    stop_kl_ref = stop_kl(lp.stop_logits, ref.stop_logits, batch.stop_temperature)
+            new = NewTerms(lp.logp_tokens, lp.logp_stop, lp.mu, lp.value, lp.entropy, kl_ref, stop_kl_ref)
             loss, metrics = algo.loss(new, old.index(mb), cfg.algo)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss ({loss.item()}) in the {cfg.algo.name} update")
@@ -295,6 +298,10 @@ def prepare_policy(policy: LastR1Policy, cfg: RLConfig) -> LastR1Policy:
         if not get_algorithm(cfg.algo.name).trains_reasoning:
             raise ValueError(f"stop_context=true: {cfg.algo.name} does not train the stop; use algo=lapo")
         policy.enable_stop_context()
+    if cfg.algo.stop_kl_coef > 0 and not get_algorithm(cfg.algo.name).trains_reasoning:
+        raise ValueError(
+            f"algo.stop_kl_coef={cfg.algo.stop_kl_coef}: {cfg.algo.name} does not train the stop; use algo=lapo or 0"
+        )
     policy.value_detached = not cfg.value_trains_backbone
     if policy.config.force_latent_len and get_algorithm(cfg.algo.name).trains_reasoning:
         raise ValueError(
@@ -315,9 +322,11 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     source = latest / "policy" if latest is not None else Path(cfg.checkpoint)
     policy = prepare_policy(LastR1Policy.from_pretrained(source), cfg)
     anchor = None
-    if cfg.algo.kl_coef > 0:  # the KL anchor is the policy RL started from, also after a resume
+    if cfg.algo.kl_coef > 0 or cfg.algo.stop_kl_coef > 0:  # the anchor is RL's start, also after a resume
         if not cfg.checkpoint:
-            raise ValueError("algo.kl_coef > 0: give checkpoint=, the starting policy the KL anchors to")
+            raise ValueError(
+                "algo.kl_coef / algo.stop_kl_coef > 0: give checkpoint=, the starting policy the KL anchors to"
+            )
         anchor = LastR1Policy.from_pretrained(cfg.checkpoint).eval().requires_grad_(False)
     opt = make_optimizer(policy, cfg)
     state: dict[str, Any] = {"iteration": 0, "env_steps": 0, "last_eval": None}
