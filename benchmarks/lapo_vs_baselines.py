@@ -11,7 +11,9 @@ once per seed with the run's sampling seed, so each Δ is a paired difference.
         --checkpoint runs/demo-default/sft/final --tasks reach-v3,drawer-open-v3 --seeds 0,1,2
 
 Prints a table (success before/after with a 95 % interval over seeds, latent length before/after,
-env steps, wall time) and writes every number to ``<out>/results.json``; the runs themselves stay
+env steps, wall time), each task's reasoning length in the training rollouts, and each task's stop
+distribution on the first observations of its ``eval`` starts (expected sampled length before and
+after, and how far it sits from the other tasks'), and writes every number to ``<out>/results.json``; the runs themselves stay
 in ``<out>/<algo>/seed<k>`` (metrics.jsonl, evals, checkpoints) for the learning-curve plot.
 """
 
@@ -30,11 +32,14 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import torch
 from tqdm import tqdm
 
 from lastr1.algos import AlgoConfig
 from lastr1.envs import EnvConfig, make_env
+from lastr1.envs.base import Observation
 from lastr1.eval.evaluate import eval_files, evaluate, save_eval
+from lastr1.eval.length_bandit import first_observations, length_summary
 from lastr1.eval.report import plot_learning_curve, plot_task_lengths, task_length_curves
 from lastr1.eval.stats import t_interval
 from lastr1.models.policy import LastR1Policy
@@ -105,6 +110,18 @@ def _args() -> argparse.Namespace:
     p.add_argument("--stop-lr", type=float, default=0.0, help="stop-head lr (RLConfig.stop_lr; 0 = --lr)")
     p.add_argument("--kl-coef", type=float, default=0.0, help="KL to the starting policy (algo.kl_coef)")
     p.add_argument(
+        "--stop-kl-coef",
+        type=float,
+        default=0.0,
+        help="LAPO only: KL of the stop to the starting policy's (algo.stop_kl_coef)",
+    )
+    p.add_argument(
+        "--stop-probe",
+        type=int,
+        default=10,
+        help="eval starts per task whose first observation measures the stop distribution (0 = skip)",
+    )
+    p.add_argument(
         "--w-latent",
         type=float,
         default=AlgoConfig.w_latent,
@@ -155,7 +172,20 @@ def _summary(res: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _run(a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progress: bool) -> dict[str, Any]:
+def _stop_lengths(policy_dir: Path | str, probe: Observation | None) -> dict[str, Any] | None:
+    """Per task, the expected sampled reasoning length (at the rollout stop temperature) and the greedy
+    rule's length on ``probe``'s first observations: the stop itself, without episode sampling noise."""
+    if probe is None:
+        return None
+    policy = LastR1Policy.from_pretrained(policy_dir).eval()
+    policy.config.stop_temperature = RLConfig.stop_temperature
+    task = torch.from_numpy(probe.task)
+    return length_summary(policy, policy.encode_obs(probe), task, int(task.max()) + 1)
+
+
+def _run(
+    a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progress: bool, probe: Observation | None
+) -> dict[str, Any]:
     """One (algorithm, seed) run from the shared checkpoint; its greedy and sampled results."""
     run = Path(a.out) / algo / f"seed{seed}"
     advantage = a.lapo_advantage if algo == "lapo" else ""  # "": the algorithm's default
@@ -167,6 +197,7 @@ def _run(a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progre
             advantage=advantage,
             whiten_per_task=a.whiten_per_task,
             kl_coef=a.kl_coef,
+            stop_kl_coef=a.stop_kl_coef if algo == "lapo" else 0.0,
             w_latent=a.w_latent,
             w_end=a.w_end,
             latent_sigma=a.latent_sigma,
@@ -199,6 +230,7 @@ def _run(a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progre
     # the run's own logged seconds, not this call's: a resumed (finished) run returns at once
     wall = sum(r.get("sec_collect", 0.0) + r.get("sec_update", 0.0) + r.get("sec_eval", 0.0) for r in logged)
     rows = [r for r in logged if "train_success" in r]
+    stop = _stop_lengths(run / "final", probe)
     records = {}
     for mode in MODES:
         after = json.loads(eval_files(run, mode)[-1].read_text())
@@ -208,6 +240,7 @@ def _run(a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progre
             "wall_s": wall,
             "train_latent_len_first": rows[0].get("latent_len_mean") if rows else None,
             "train_latent_len_last": rows[-1].get("latent_len_mean") if rows else None,
+            "stop": stop,
             **_summary(after),
         }
     return records
@@ -229,6 +262,8 @@ def main() -> None:
     )
     seeds = [int(k) for k in a.seeds.split(",")]
     befores = _befores(a, env_cfg, out, seeds)
+    probe = first_observations(env_cfg, "eval", a.stop_probe) if a.stop_probe > 0 else None
+    stop_before = _stop_lengths(a.checkpoint, probe)
     for mode, per_seed in befores.items():
         rates = ", ".join(f"{per_seed[k]['success_rate']:.1%}" for k in seeds)
         print(
@@ -240,10 +275,10 @@ def main() -> None:
     if a.jobs > 1:  # one run per worker process; each run is single-threaded (torch and its env)
         ctx = multiprocessing.get_context("spawn")  # rendering envs hang after fork (MACHINE_FACTS)
         with ProcessPoolExecutor(a.jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_run, a, env_cfg, algo, seed, False) for algo, seed in jobs]
+            futures = [pool.submit(_run, a, env_cfg, algo, seed, False, probe) for algo, seed in jobs]
             done = [f.result() for f in tqdm(futures, desc="runs", unit="run")]
     else:
-        done = [_run(a, env_cfg, algo, seed, True) for algo, seed in jobs]
+        done = [_run(a, env_cfg, algo, seed, True, probe) for algo, seed in jobs]
     for (algo, _), records in zip(jobs, done, strict=True):
         for mode, record in records.items():
             record["before"] = befores[mode][record["seed"]]["success_rate"]
@@ -257,6 +292,7 @@ def main() -> None:
 
     summary = {
         "before": {m: {str(k): _summary(b) for k, b in per_seed.items()} for m, per_seed in befores.items()},
+        "stop_before": stop_before,
         "runs": results,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
@@ -270,6 +306,8 @@ def main() -> None:
         print(f"\n== {mode} evaluation ==")
         _print_table(list(befores[mode].values()), results[mode], mode)
     _print_lengths(runs)
+    if stop_before is not None:
+        _print_stop(stop_before, results["greedy"], env_cfg.tasks, a.stop_probe)
 
 
 def _befores(
@@ -353,6 +391,31 @@ def _print_lengths(runs: dict[str, list[Path]]) -> None:
             print(
                 f"{algo:12s} {task:26s} {sum(first) / len(first):5.2f} → {sum(last) / len(last):5.2f}  "
                 f"{change:+5.2f} {_bracket(change, half, '+5.2f')}  ({len(curves)} seeds)"
+            )
+
+
+def _print_stop(
+    before: dict[str, Any], results: dict[str, list[dict[str, Any]]], tasks: list[str], n: int
+) -> None:
+    """Per task: the stop's expected sampled length before → after, the change, and the task's length
+    after RL minus the mean of the other tasks' (≠ 0: the stop gives this task its own length)."""
+    print(
+        f"\nthe stop on the first observations of {n} eval starts per task: expected sampled length "
+        "(stop T 1.6) before → after, change and after − the other tasks' mean, paired per seed [95% CI]; "
+        "greedy rule's length after"
+    )
+    for algo, runs in results.items():
+        after = [r["stop"]["expected_len"] for r in runs]
+        for t, task in enumerate(tasks):
+            change, c_half = t_interval([x[t] - before["expected_len"][t] for x in after])
+            others = [(sum(x) - x[t]) / (len(x) - 1) for x in after] if len(tasks) > 1 else []
+            apart, a_half = t_interval([x[t] - o for x, o in zip(after, others, strict=False)] or [0.0])
+            greedy = sum(r["stop"]["greedy_len"][t] for r in runs) / len(runs)
+            print(
+                f"{algo:12s} {task:26s} {before['expected_len'][t]:5.2f} → "
+                f"{sum(x[t] for x in after) / len(after):5.2f}  change {change:+5.2f} "
+                f"{_bracket(change, c_half, '+5.2f')}  apart {apart:+5.2f} {_bracket(apart, a_half, '+5.2f')}"
+                f"  greedy {greedy:4.2f}  ({len(runs)} seeds)"
             )
 
 

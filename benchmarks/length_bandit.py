@@ -37,9 +37,8 @@ from tqdm import tqdm
 
 from lastr1.algos import AlgoConfig
 from lastr1.commands.demo import PRESETS
-from lastr1.envs import EnvConfig, make_env
-from lastr1.envs.base import EpisodeSpec, Observation
-from lastr1.eval.length_bandit import LengthBandit, train_stop_on_bandit
+from lastr1.envs import EnvConfig
+from lastr1.eval.length_bandit import LengthBandit, first_observations, train_stop_on_bandit
 from lastr1.eval.stats import t_interval
 from lastr1.models.policy import LastR1Policy
 from lastr1.train.rl import RLConfig
@@ -67,21 +66,19 @@ def _args() -> argparse.Namespace:
     p.add_argument("--held-out", type=int, default=10, help="eval first observations per task (measured)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--stop-lr", type=float, default=DEMO["rl_stop_lr"])
+    p.add_argument(
+        "--stop-kl-coef",
+        type=float,
+        default=DEMO.get("rl_stop_kl_coef", 0.0),
+        help="KL of the stop to the checkpoint's (algo.stop_kl_coef; default: the demo preset's)",
+    )
     p.add_argument("--out", default="runs/length_bandit")
     return p.parse_args()
 
 
-def _first_observations(env_cfg: EnvConfig, init_set: str, per_task: int) -> Observation:
-    batches = []
-    with make_env(env_cfg) as env:
-        for i in range(per_task):
-            batches.append(env.reset([EpisodeSpec(t, init_set, i) for t in range(env.num_envs)]))
-    return Observation.stack(batches)
-
-
 def _rl_config(a: argparse.Namespace, seed: int, context: bool) -> RLConfig:
     return RLConfig(
-        algo=AlgoConfig(name="lapo", kl_coef=DEMO["rl_kl_coef"]),
+        algo=AlgoConfig(name="lapo", kl_coef=DEMO["rl_kl_coef"], stop_kl_coef=a.stop_kl_coef),
         checkpoint=a.checkpoint,
         lr=DEMO["rl_lr"],
         stop_lr=a.stop_lr,
@@ -118,8 +115,8 @@ def main() -> None:
         vector="sync",
     )
     pool, held = (
-        _first_observations(env_cfg, "train", a.pool),
-        _first_observations(env_cfg, "eval", a.held_out),
+        first_observations(env_cfg, "train", a.pool),
+        first_observations(env_cfg, "eval", a.held_out),
     )
     start = LastR1Policy.from_pretrained(a.checkpoint).eval()
     lengths = start.layout.candidate_lengths()
@@ -146,7 +143,7 @@ def main() -> None:
         f"\nlength bandit on {a.checkpoint}: success (shortest : longest) "
         f"{', '.join(f'{lo:.2f}:{hi:.2f}' for lo, hi in ends)}, linear between (candidates {lengths});"
         f" {a.iterations} iterations x {a.per_task} episodes per task"
-        f" ({n_eps} per task), stop lr {a.stop_lr:g}, {len(seeds)} seeds; expected sampled length on"
+        f" ({n_eps} per task), stop lr {a.stop_lr:g}, stop KL {a.stop_kl_coef:g}, {len(seeds)} seeds; expected sampled length on"
         f" {a.held_out} held-out first observations per task"
     )
     print(

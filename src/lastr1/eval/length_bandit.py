@@ -12,12 +12,15 @@ Everything the stop learns here it learns from the same loss and the same gradie
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from lastr1.algos import OldTerms
 from lastr1.algos.advantages import whiten
+from lastr1.envs import EnvConfig, make_env
+from lastr1.envs.base import EpisodeSpec, Observation
 from lastr1.models.latent import choose_stop
 from lastr1.models.policy import LastR1Policy
 from lastr1.models.policy_io import PolicyInputs
@@ -42,6 +45,17 @@ class LengthBandit:
         w = torch.linspace(0, 1, num_candidates)
         rows = [lo + (hi - lo) * w for lo, hi in ends]
         return LengthBandit(torch.stack(rows).float())
+
+
+def first_observations(env_cfg: EnvConfig, init_set: str, per_task: int) -> Observation:
+    """The first observation of starts ``0 … per_task−1`` of every task of ``env_cfg.tasks`` from
+    ``init_set``, task-major per start (one in-process env slot per task)."""
+    cfg = dataclasses.replace(env_cfg, num_envs=len(env_cfg.tasks), vector="sync", workers=0)
+    with make_env(cfg) as env:
+        batches = [
+            env.reset([EpisodeSpec(t, init_set, i) for t in range(env.num_envs)]) for i in range(per_task)
+        ]
+    return Observation.stack(batches)
 
 
 def length_summary(policy: LastR1Policy, inputs: PolicyInputs, task: torch.Tensor, num_tasks: int) -> dict:
@@ -90,8 +104,8 @@ def train_stop_on_bandit(
         raise ValueError(
             f"pool task ids go up to {int(pool_task.max())} but the bandit has {num_tasks} tasks"
         )
-    if cfg.algo.kl_coef > 0 and anchor is None:
-        raise ValueError("algo.kl_coef > 0 needs the frozen starting policy as anchor")
+    if (cfg.algo.kl_coef > 0 or cfg.algo.stop_kl_coef > 0) and anchor is None:
+        raise ValueError("algo.kl_coef / algo.stop_kl_coef > 0 needs the frozen starting policy as anchor")
     rl.prepare_policy(policy, cfg)  # temperatures, stop context, detached value head: as train_rl
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = rl.make_optimizer(policy, cfg)
