@@ -116,6 +116,12 @@ def _args() -> argparse.Namespace:
         help="LAPO only: KL of the stop to the starting policy's (algo.stop_kl_coef)",
     )
     p.add_argument(
+        "--stop-baseline",
+        default=AlgoConfig.stop_baseline,
+        choices=["chosen", "expected"],
+        help="LAPO only: the stop's GAE baseline (algo.stop_baseline; chosen = the reference)",
+    )
+    p.add_argument(
         "--stop-probe",
         type=int,
         default=10,
@@ -198,6 +204,7 @@ def _run(
             whiten_per_task=a.whiten_per_task,
             kl_coef=a.kl_coef,
             stop_kl_coef=a.stop_kl_coef if algo == "lapo" else 0.0,
+            stop_baseline=a.stop_baseline,
             w_latent=a.w_latent,
             w_end=a.w_end,
             latent_sigma=a.latent_sigma,

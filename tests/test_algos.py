@@ -304,3 +304,55 @@ def test_stop_kl_coef_adds_the_mean_over_decisions_that_chose_their_stop():
     assert with_kl.item() == pytest.approx(without.item())
     with pytest.raises(ValueError, match="stop_kl_coef"):
         AlgoConfig(stop_kl_coef=-0.1)
+
+
+def test_whitening_is_the_affine_map_whiten_applies():
+    from lastr1.algos import whitening
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 3, generator=g)
+    m = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=torch.bool)
+    for groups in (None, torch.tensor([0, 1, 0, 1])):
+        mean, scale = whitening(x, m, groups)
+        assert torch.equal(whiten(x, m, groups), (x - mean) * scale * m)
+
+
+def test_stop_baseline_expected_gives_the_stop_the_value_of_its_length():
+    """One-decision episodes from one state; reasoning length 2 succeeds with p 0.8, length 8 with
+    p 0.2, and the critic is exact, V(s, ℓ) = 5·p(ℓ). GAE's baseline V(s, ℓ) knows the chosen length,
+    so the stop's mean advantage per length is zero ("chosen", the reference); against the expectation
+    over the sampling distribution ("expected") it is Q(s, ℓ) − V̄(s): +1.5 for 2 and −1.5 for 8."""
+    from lastr1.algos import stop_baseline_shift
+
+    q = torch.tensor([4.0, 1.0])  # 5 · p(ℓ) for ℓ = 2, 8
+    probs = torch.tensor([0.5, 0.5])
+    # 10 episodes per length, successes in proportion to p: 8 / 10 and 2 / 10
+    length = torch.tensor([0] * 10 + [1] * 10)
+    success = torch.tensor([1.0] * 8 + [0.0] * 2 + [1.0] * 2 + [0.0] * 8)
+    rewards, values = (5 * success)[:, None], q[length][:, None]
+    mask = torch.ones(20, 1, dtype=torch.bool)
+    adv, _ = gae(rewards, values, mask)
+    shift = stop_baseline_shift(values[:, 0], q.expand(20, 2), probs.expand(20, 2))
+    stop_adv = adv[:, 0] + shift
+    for j, expected in ((0, 1.5), (1, -1.5)):
+        assert adv[length == j, 0].mean().item() == pytest.approx(0.0, abs=1e-6)  # "chosen": no signal
+        assert stop_adv[length == j].mean().item() == pytest.approx(expected)
+
+
+def test_lapo_scores_the_stop_with_its_own_advantages():
+    """``OldTerms.stop_advantages`` replaces the advantages in the stop term only: the float64
+    reference with the stop's advantages swapped in, and the same action and latent gradients."""
+    cfg = AlgoConfig()
+    new, old = _terms()
+    loss_same, _ = get_algorithm("lapo").loss(new, old, cfg)
+    old.stop_advantages = old.advantages.clone()
+    torch.testing.assert_close(get_algorithm("lapo").loss(new, old, cfg)[0], loss_same)
+    old.stop_advantages = -2.0 * old.advantages
+    loss, _ = get_algorithm("lapo").loss(new, old, cfg)
+    swapped = OldTerms(**{**old.__dict__, "advantages": old.stop_advantages, "stop_advantages": None})
+    ref_stop = _reference_lapo(new, swapped, cfg)
+    ref_rest = _reference_lapo(new, OldTerms(**{**old.__dict__, "stop_advantages": None}), cfg)
+    g_stop = torch.autograd.grad(loss, new.logp_stop, retain_graph=True)[0]
+    torch.testing.assert_close(g_stop, torch.autograd.grad(ref_stop, new.logp_stop)[0])
+    g_act = torch.autograd.grad(loss, new.logp_action_tokens)[0]
+    torch.testing.assert_close(g_act, torch.autograd.grad(ref_rest, new.logp_action_tokens)[0])

@@ -83,6 +83,20 @@ def test_kv_cache_matches_full_recompute() -> None:
     assert torch.equal(again.action_tokens, cached.action_tokens)
 
 
+def test_candidate_values_are_the_value_at_each_reasoning_length() -> None:
+    """``candidate_values[:, j]`` is the value ``act`` reports when it stops at candidate j."""
+    policy = _policy()
+    out = policy.act(_obs(), generator=torch.Generator().manual_seed(4))
+    assert out.candidate_values.shape == (B, 2)
+    chosen = out.candidate_values.gather(1, out.stop_index[:, None]).squeeze(1)
+    torch.testing.assert_close(chosen, out.value)
+    for j, length in enumerate(policy.layout.candidate_lengths()):
+        policy.config.force_latent_len = length
+        forced = policy.act(_obs(), mode="greedy")
+        torch.testing.assert_close(forced.value, out.candidate_values[:, j], atol=1e-5, rtol=0)
+    assert not torch.allclose(out.candidate_values[:, 0], out.candidate_values[:, 1])
+
+
 @pytest.mark.parametrize("decoding", ["parallel", "autoregressive"])
 @pytest.mark.parametrize("mode", ["sample", "greedy"])
 def test_log_probs_match_act(decoding: str, mode: str) -> None:
@@ -157,6 +171,7 @@ def test_k_max_zero_has_no_latents_and_no_stop() -> None:
     policy = _policy(k_max=0)
     out = policy.act(_obs(), generator=torch.Generator().manual_seed(0))
     assert out.latents.shape == (B, 0, 32) and out.stop_logits.shape == (B, 0)
+    assert out.candidate_values.shape == (B, 0)
     assert torch.all(out.latent_len == 0) and torch.all(out.logp_stop == 0)
     assert policy.stop_head is None
     lp = policy.log_probs(PolicyBatch.from_act(out))

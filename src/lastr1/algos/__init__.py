@@ -1,6 +1,6 @@
 """RL objectives behind one registry: ``lapo``, ``ppo_action``, ``grpo_action``."""
 
-from lastr1.algos.advantages import discounted_returns, gae, grpo, whiten
+from lastr1.algos.advantages import discounted_returns, gae, grpo, stop_baseline_shift, whiten, whitening
 from lastr1.algos.base import AlgoConfig, Algorithm, NewTerms, OldTerms
 from lastr1.algos.registry import ALGORITHMS, get_algorithm, register_algorithm
 
@@ -15,5 +15,7 @@ __all__ = [
     "get_algorithm",
     "grpo",
     "register_algorithm",
+    "stop_baseline_shift",
     "whiten",
+    "whitening",
 ]

@@ -66,6 +66,25 @@ def grpo(rewards: torch.Tensor, mask: torch.Tensor, group: torch.Tensor, eps: fl
     return adv[:, None] * m
 
 
+def whitening(
+    x: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor | None = None, eps: float = 1e-8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The affine map of :func:`whiten`: ``whiten(x) = (x − mean) · scale`` on valid entries, with
+    ``mean`` per entry (batch-wide, or per group) and ``scale`` one number. Applying the same map to a
+    second advantage (the stop's, :func:`stop_baseline_shift`) keeps the two on one scale."""
+    m = mask.to(x.dtype)
+    count = m.sum().clamp_min(1.0)
+    if groups is None:
+        mean = (x * m).sum() / count
+    else:
+        mean = torch.zeros_like(x)
+        for g in torch.unique(groups):
+            rows = groups == g
+            mean[rows] = (x[rows] * m[rows]).sum() / m[rows].sum().clamp_min(1.0)
+    var = (((x - mean) * m) ** 2).sum() / count
+    return mean, torch.rsqrt(var + eps)
+
+
 def whiten(
     x: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor | None = None, eps: float = 1e-8
 ) -> torch.Tensor:
@@ -77,14 +96,21 @@ def whiten(
     a negative advantage (pushing its sampled actions down, flattening the policy) and every decision
     of a task that always succeeds a positive one. Per-group centring makes such tasks contribute ~0.
     """
-    m = mask.to(x.dtype)
-    count = m.sum().clamp_min(1.0)
-    if groups is None:
-        centred = x - (x * m).sum() / count
-    else:
-        centred = x.clone()
-        for g in torch.unique(groups):
-            rows = groups == g
-            centred[rows] = x[rows] - (x[rows] * m[rows]).sum() / m[rows].sum().clamp_min(1.0)
-    var = ((centred * m) ** 2).sum() / count
-    return centred * torch.rsqrt(var + eps) * m
+    mean, scale = whitening(x, mask, groups, eps)
+    return (x - mean) * scale * mask.to(x.dtype)
+
+
+def stop_baseline_shift(
+    chosen_value: torch.Tensor, candidate_values: torch.Tensor, stop_probs: torch.Tensor
+) -> torch.Tensor:
+    """``V(s, ℓ) − Σ_ℓ' π_old(ℓ'|s) V(s, ℓ')`` per decision: add it to a decision's GAE advantage to
+    get its stop's advantage against a baseline that does not depend on the stop.
+
+    Why: the value head reads the hidden state at the *chosen* ``<latent_end>``, so GAE's baseline
+    ``V(s, ℓ)`` already knows the reasoning length ℓ the stop picked. For the action tokens that is
+    right (ℓ is fixed before them), but for the stop it is an action-dependent baseline:
+    ``E[A | ℓ] = Q(s, ℓ) − V(s, ℓ)``, zero for an exact critic whatever the lengths are worth, and the
+    critic's errors across ℓ become a drift shared by every task (docs/rl.md). Replacing ``V(s, ℓ)`` by
+    its expectation under the sampling distribution gives ``E[A | ℓ] = Q(s, ℓ) − V̄(s)``.
+    """
+    return chosen_value - (stop_probs * candidate_values).sum(-1)

@@ -6,6 +6,8 @@ same advantages ``A`` (GAE from the value head by default):
 * action tokens: token-level PPO ratio ``r_a = π_new(a_j) / π_old(a_j)`` (j over the C·7 tokens);
 * the stop decision: ``r_e = π_new(stop = ℓ) / π_old(stop = ℓ)`` for the chosen candidate ℓ,
   under the same categorical it was sampled from (the reference uses the full-vocabulary logit);
+  with ``stop_baseline="expected"`` its advantage uses a baseline that does not depend on ℓ
+  (``OldTerms.stop_advantages``, :func:`lastr1.algos.advantages.stop_baseline_shift`);
 * the latents: the stored rollout latents ``z`` are read as a Gaussian sample around the new
   latent mean ``μ`` with std ``σ``: ``r_z = exp(−Σ_k m_k ‖z_k − μ_k‖² / 2σ²)`` over the valid
   slots k. ``r_z ≤ 1``, so its upper clip never binds; with ``A > 0`` it pulls μ toward what was
@@ -48,8 +50,9 @@ class Lapo:
         n = float(old.logp_action_tokens.shape[1])
         has_latents = old.latent_mask.numel() > 0 and bool(old.latent_mask.any())
         if has_latents:
+            stop_adv = adv if old.stop_advantages is None else old.stop_advantages
             l_end, end_clipped = clipped_surrogate(
-                new.logp_stop - old.logp_stop, adv, cfg.clip_low, cfg.clip_high
+                new.logp_stop - old.logp_stop, stop_adv, cfg.clip_low, cfg.clip_high
             )
             # decisions that kept an earlier stop (stop_scope "episode") carry no stop term
             w_end = cfg.w_end if old.stop_mask is None else cfg.w_end * old.stop_mask.to(l_end.dtype)

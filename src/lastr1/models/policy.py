@@ -285,6 +285,14 @@ class LastR1Policy(nn.Module):
             logits = logits + self.stop_context_head(chain[:, 0])
         return logits
 
+    def _candidate_values(self, chain: torch.Tensor) -> torch.Tensor:
+        """The value head at every stop candidate's ``<latent_end>`` ``(B, num_candidates)``: what the
+        critic expects for each reasoning length (the stop's baseline, ``AlgoConfig.stop_baseline``)."""
+        if self.stop_head is None:
+            return chain.new_zeros(chain.shape[0], 0)
+        idx = torch.tensor(self.layout.candidate_lengths(), device=chain.device)
+        return self.value_head(chain[:, idx]).squeeze(-1)
+
     def _value(self, chain: torch.Tensor, latent_len: torch.Tensor) -> torch.Tensor:
         h = chain[torch.arange(chain.shape[0], device=chain.device), latent_len]
         if self.value_detached:  # the critic reads the features but does not shape them
@@ -409,6 +417,7 @@ class LastR1Policy(nn.Module):
             logp_stop=logp_stop,
             stop_logits=stop_logits,
             value=self._value(chain, latent_len),
+            candidate_values=self._candidate_values(chain),
             action_temperature=torch.full((b,), a_temp, device=prefix.device),
             stop_temperature=torch.full((b,), s_temp, device=prefix.device),
             stop_chosen=torch.full(

@@ -89,6 +89,7 @@ class ActionOutput(_TensorData):
     logp_stop: torch.Tensor  # float (B,); 0 when K = 0
     stop_logits: torch.Tensor  # float (B, num_candidates)
     value: torch.Tensor  # float (B,)
+    candidate_values: torch.Tensor  # float (B, num_candidates): the value at every stop candidate
     action_temperature: torch.Tensor  # float (B,): temperature the tokens were drawn at (1 for greedy)
     stop_temperature: torch.Tensor  # float (B,)
     stop_chosen: torch.Tensor  # bool (B,): False where the stop was kept from an earlier decision

@@ -18,7 +18,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lastr1.algos import AlgoConfig, NewTerms, OldTerms, gae, get_algorithm, grpo, whiten
+from lastr1.algos import (
+    AlgoConfig,
+    NewTerms,
+    OldTerms,
+    gae,
+    get_algorithm,
+    grpo,
+    stop_baseline_shift,
+    whitening,
+)
 from lastr1.algos.losses import stop_kl, token_kl
 from lastr1.config import save_config
 from lastr1.envs import EnvConfig, EpisodeSpec, make_env
@@ -133,19 +142,32 @@ def _train_episodes(cfg: RLConfig, env: VectorEnv, iteration: int) -> tuple[list
     return specs, groups
 
 
-def _advantages(cfg: RLConfig, algo_adv: str, roll: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, T) advantages and returns for the chosen estimator."""
+def _advantages(
+    cfg: RLConfig, algo_adv: str, roll: Rollout
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(N, T) advantages and returns for the chosen estimator, and the stop's advantages where
+    ``algo.stop_baseline="expected"`` makes them differ (GAE only: group advantages have no critic)."""
+    stop_adv = None
     if algo_adv == "gae":
         adv, ret = gae(roll.rewards, roll.values, roll.mask, cfg.algo.gamma, cfg.algo.lam)
+        out: ActionOutput = roll.out
+        if cfg.algo.stop_baseline == "expected" and out.candidate_values.shape[1]:
+            probs = torch.softmax(out.stop_logits / out.stop_temperature[:, None], dim=-1)
+            shift = stop_baseline_shift(out.value, out.candidate_values, probs)
+            stop_adv = adv + shift[roll.index.clamp_min(0)] * roll.mask
     else:
         adv = grpo(roll.rewards, roll.mask, roll.group)
         ret = adv.clone()
     if cfg.algo.whiten_advantages and algo_adv == "gae":
-        adv = whiten(adv, roll.mask, roll.task if cfg.algo.whiten_per_task else None)
-    return adv, ret
+        mean, scale = whitening(adv, roll.mask, roll.task if cfg.algo.whiten_per_task else None)
+        m = roll.mask.to(adv.dtype)
+        adv, stop_adv = [None if a is None else (a - mean) * scale * m for a in (adv, stop_adv)]
+    return adv, ret, stop_adv
 
 
-def old_terms(roll: Rollout, adv: torch.Tensor, ret: torch.Tensor) -> OldTerms:
+def old_terms(
+    roll: Rollout, adv: torch.Tensor, ret: torch.Tensor, stop_adv: torch.Tensor | None = None
+) -> OldTerms:
     """The loss inputs recorded at rollout time, flat over valid decisions, with ``(N, T)``
     advantages and returns (benchmarks reuse this to compute the trainer's exact loss)."""
     out: ActionOutput = roll.out
@@ -158,6 +180,7 @@ def old_terms(roll: Rollout, adv: torch.Tensor, ret: torch.Tensor) -> OldTerms:
         latents=out.latents,
         latent_mask=out.latent_mask,
         stop_mask=None if bool(out.stop_chosen.all()) else out.stop_chosen,
+        stop_advantages=None if stop_adv is None else roll.flat(stop_adv),
     )
 
 
@@ -375,8 +398,8 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                 )
             roll = merge_rollouts(rounds)
             t_collect = time.perf_counter() - t0
-            adv, ret = _advantages(cfg, adv_kind, roll)
-            old = old_terms(roll, adv, ret)
+            adv, ret, stop_adv = _advantages(cfg, adv_kind, roll)
+            old = old_terms(roll, adv, ret, stop_adv)
             t1 = time.perf_counter()
             try:
                 upd = update_policy(policy, opt, cfg, old, roll.out, it, anchor)
