@@ -116,10 +116,10 @@ def _args() -> argparse.Namespace:
         help="LAPO only: KL of the stop to the starting policy's (algo.stop_kl_coef)",
     )
     p.add_argument(
-        "--stop-baseline",
-        default=AlgoConfig.stop_baseline,
-        choices=["chosen", "expected"],
-        help="LAPO only: the stop's GAE baseline (algo.stop_baseline; chosen = the reference)",
+        "--stop-advantage",
+        default=AlgoConfig.stop_advantage,
+        choices=["gae", "gae_expected", "return"],
+        help="LAPO only: the stop's advantage (algo.stop_advantage; gae = the reference)",
     )
     p.add_argument(
         "--stop-probe",
@@ -204,7 +204,7 @@ def _run(
             whiten_per_task=a.whiten_per_task,
             kl_coef=a.kl_coef,
             stop_kl_coef=a.stop_kl_coef if algo == "lapo" else 0.0,
-            stop_baseline=a.stop_baseline,
+            stop_advantage=a.stop_advantage,
             w_latent=a.w_latent,
             w_end=a.w_end,
             latent_sigma=a.latent_sigma,

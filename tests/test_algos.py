@@ -317,11 +317,11 @@ def test_whitening_is_the_affine_map_whiten_applies():
         assert torch.equal(whiten(x, m, groups), (x - mean) * scale * m)
 
 
-def test_stop_baseline_expected_gives_the_stop_the_value_of_its_length():
+def test_an_expected_stop_baseline_gives_the_stop_the_value_of_its_length():
     """One-decision episodes from one state; reasoning length 2 succeeds with p 0.8, length 8 with
     p 0.2, and the critic is exact, V(s, ℓ) = 5·p(ℓ). GAE's baseline V(s, ℓ) knows the chosen length,
-    so the stop's mean advantage per length is zero ("chosen", the reference); against the expectation
-    over the sampling distribution ("expected") it is Q(s, ℓ) − V̄(s): +1.5 for 2 and −1.5 for 8."""
+    so the stop's mean advantage per length is zero ("gae", the reference); against the expectation
+    over the sampling distribution ("gae_expected") it is Q(s, ℓ) − V̄(s): +1.5 for 2 and −1.5 for 8."""
     from lastr1.algos import stop_baseline_shift
 
     q = torch.tensor([4.0, 1.0])  # 5 · p(ℓ) for ℓ = 2, 8

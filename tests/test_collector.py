@@ -12,7 +12,7 @@ import torch
 import lastr1.eval.evaluate as evaluate_mod
 import lastr1.train.rl as rl
 from conftest import TINY_POLICY
-from lastr1.algos import AlgoConfig, gae, whitening
+from lastr1.algos import AlgoConfig, discounted_returns, gae, whitening
 from lastr1.envs import EnvConfig, EpisodeSpec, make_env
 from lastr1.models.policy import LastR1Policy, PolicyConfig
 from lastr1.models.policy_io import PolicyBatch
@@ -329,30 +329,37 @@ def test_pipelined_collect_keeps_the_episode_stop(policy):
 
 
 @pytest.mark.parametrize("whiten", [False, True])
-def test_expected_stop_baseline_shifts_only_the_stop_advantages(policy, whiten):
-    """RLConfig.algo.stop_baseline="expected": the stop's advantage is the decision's GAE advantage
-    plus V(s, ℓ) − Σ π_old(ℓ'|s) V(s, ℓ'), through the same whitening map; "chosen" keeps one."""
+@pytest.mark.parametrize("kind", ["gae_expected", "return"])
+def test_stop_advantages_use_a_baseline_that_does_not_depend_on_the_stop(policy, kind, whiten):
+    """algo.stop_advantage: "gae_expected" is the decision's GAE advantage plus
+    V(s, ℓ) − Σ π_old(ℓ'|s) V(s, ℓ'); "return" is the discounted return minus that expectation; both go
+    through the actions' whitening map, and "gae" (the reference) gives the stop no advantages of its own."""
     specs = [EpisodeSpec(i % 2, "train", i) for i in range(4)]
     with _env(num_envs=4, max_steps=30) as env:
         roll = collect(env, policy, specs, generator=torch.Generator().manual_seed(2))
     cfg = RLConfig(env=EnvConfig(backend="toy", num_envs=4))
     cfg.algo.whiten_advantages = whiten
     adv, _, stop_adv = rl._advantages(cfg, "gae", roll)
-    assert stop_adv is None  # the reference's baseline: the stop shares the actions' advantages
-    cfg.algo.stop_baseline = "expected"
+    assert stop_adv is None  # the reference: the stop shares the actions' advantages
+    cfg.algo.stop_advantage = kind
     adv2, _, stop_adv = rl._advantages(cfg, "gae", roll)
     assert torch.equal(adv, adv2)  # the actions' advantages do not change
     out = roll.out
     probs = torch.softmax(out.stop_logits / out.stop_temperature[:, None], -1)
-    shift = out.value - (probs * out.candidate_values).sum(-1)
+    v_bar = (probs * out.candidate_values).sum(-1)
     raw, _ = gae(roll.rewards, roll.values, roll.mask)
-    scale = whitening(raw, roll.mask)[1] if whiten else 1.0
+    returns = discounted_returns(roll.rewards, roll.mask, cfg.algo.gamma)
+    mean, scale = whitening(raw, roll.mask) if whiten else (0.0, 1.0)
     for i in range(len(specs)):
         rows = roll.index[i][roll.mask[i]]
         valid = roll.mask[i]
-        torch.testing.assert_close(stop_adv[i][valid] - adv[i][valid], shift[rows] * scale)
+        if kind == "gae_expected":
+            by_hand = raw[i][valid] + out.value[rows] - v_bar[rows]
+        else:
+            by_hand = returns[i][valid] - v_bar[rows]
+        torch.testing.assert_close(stop_adv[i][valid], (by_hand - mean) * scale)
         assert (stop_adv[i][~valid] == 0).all()
-    assert shift.abs().max() > 0  # the critic's values differ across lengths
+    assert (out.value - v_bar).abs().max() > 0  # the critic's values differ across lengths
     terms = rl.old_terms(roll, adv, adv, stop_adv)
     torch.testing.assert_close(terms.stop_advantages, roll.flat(stop_adv))
     *_, stop_g = rl._advantages(cfg, "grpo", roll)  # no critic, no baseline to replace

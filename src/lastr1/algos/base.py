@@ -24,10 +24,12 @@ class AlgoConfig:
     whiten_advantages: bool = True
     # remove the advantage mean per task instead of per batch (see advantages.whiten); off = reference
     whiten_per_task: bool = False
-    # the stop's GAE baseline (LAPO): "chosen" = V at the chosen <latent_end>, the actions' baseline
-    # (the reference); "expected" = its expectation over the stop candidates, a baseline that does not
-    # depend on the stop (advantages.stop_baseline_shift, docs/rl.md)
-    stop_baseline: Literal["chosen", "expected"] = "chosen"
+    # the stop's advantage (LAPO, with GAE): "gae" = the decision's GAE advantage, whose baseline is
+    # V at the chosen <latent_end> and so depends on the stop (the reference); "gae_expected" = GAE
+    # with that baseline replaced by its expectation over the stop candidates; "return" = the
+    # discounted return minus that expectation, no bootstrapping (advantages.stop_baseline_shift,
+    # docs/rl.md "the stop's advantage")
+    stop_advantage: Literal["gae", "gae_expected", "return"] = "gae"
     clip_low: float = 0.2
     clip_high: float = 0.28
     latent_sigma: float = 10.0
@@ -75,8 +77,8 @@ class OldTerms:
     # (B,) bool: decisions that chose their stop. None = all of them (PolicyConfig.stop_scope
     # "decision"); with "episode" only an episode's first decision does, the rest keep its length
     stop_mask: torch.Tensor | None = None
-    # (B,) the stop term's advantages where they differ from the actions' (AlgoConfig.stop_baseline
-    # "expected"); None = ``advantages``
+    # (B,) the stop term's advantages where they differ from the actions' (AlgoConfig.stop_advantage
+    # other than "gae"); None = ``advantages``
     stop_advantages: torch.Tensor | None = None
 
     def index(self, idx: torch.Tensor) -> OldTerms:

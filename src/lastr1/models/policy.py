@@ -287,7 +287,7 @@ class LastR1Policy(nn.Module):
 
     def _candidate_values(self, chain: torch.Tensor) -> torch.Tensor:
         """The value head at every stop candidate's ``<latent_end>`` ``(B, num_candidates)``: what the
-        critic expects for each reasoning length (the stop's baseline, ``AlgoConfig.stop_baseline``)."""
+        critic expects for each reasoning length (the stop's baseline, ``AlgoConfig.stop_advantage``)."""
         if self.stop_head is None:
             return chain.new_zeros(chain.shape[0], 0)
         idx = torch.tensor(self.layout.candidate_lengths(), device=chain.device)

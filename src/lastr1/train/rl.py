@@ -22,6 +22,7 @@ from lastr1.algos import (
     AlgoConfig,
     NewTerms,
     OldTerms,
+    discounted_returns,
     gae,
     get_algorithm,
     grpo,
@@ -146,15 +147,19 @@ def _advantages(
     cfg: RLConfig, algo_adv: str, roll: Rollout
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(N, T) advantages and returns for the chosen estimator, and the stop's advantages where
-    ``algo.stop_baseline="expected"`` makes them differ (GAE only: group advantages have no critic)."""
+    ``algo.stop_advantage`` makes them differ (GAE only: group advantages have no critic)."""
     stop_adv = None
     if algo_adv == "gae":
         adv, ret = gae(roll.rewards, roll.values, roll.mask, cfg.algo.gamma, cfg.algo.lam)
         out: ActionOutput = roll.out
-        if cfg.algo.stop_baseline == "expected" and out.candidate_values.shape[1]:
+        if cfg.algo.stop_advantage != "gae" and out.candidate_values.shape[1]:
             probs = torch.softmax(out.stop_logits / out.stop_temperature[:, None], dim=-1)
-            shift = stop_baseline_shift(out.value, out.candidate_values, probs)
-            stop_adv = adv + shift[roll.index.clamp_min(0)] * roll.mask
+            shift = stop_baseline_shift(out.value, out.candidate_values, probs)[roll.index.clamp_min(0)]
+            if cfg.algo.stop_advantage == "gae_expected":  # V(s, ℓ) → V̄(s) in the first TD error
+                stop_adv = adv + shift * roll.mask
+            else:  # "return": G − V̄(s), nothing bootstrapped from the critic's later V(s', ℓ)
+                g = discounted_returns(roll.rewards, roll.mask, cfg.algo.gamma)
+                stop_adv = (g - roll.values + shift) * roll.mask
     else:
         adv = grpo(roll.rewards, roll.mask, roll.group)
         ret = adv.clone()
