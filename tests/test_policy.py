@@ -333,3 +333,46 @@ def test_stop_context_starts_as_a_no_op_and_round_trips(tmp_path):
     assert torch.allclose(loaded.act(obs, mode="greedy").stop_logits, changed)
     with pytest.raises(ValueError, match="stop_context needs k_max > 0"):
         _policy(k_max=0, stop_context=True)
+
+
+def test_stop_context_centre_is_fitted_once_while_the_readout_is_zero(tmp_path):
+    """fit_stop_context_center: the mean <latent_start> state of the inputs, set only while the
+    readout is zero (acting does not change), kept through save/load; the readout then reads the
+    state minus the centre, and a checkpoint saved before the centre existed loads uncentred."""
+    from safetensors.torch import load_file, save_file
+
+    policy = _policy()
+    obs = _obs()
+    inputs = policy.encode_obs(obs)
+    before = policy.act(inputs, mode="greedy").stop_logits
+    policy.enable_stop_context()
+    assert not policy.stop_context_center.any()
+    assert policy.fit_stop_context_center(inputs)
+    assert torch.equal(policy.act(inputs, mode="greedy").stop_logits, before)  # zero readout: no change
+    chain: list[torch.Tensor] = []
+    real = policy._stop_logits
+    policy._stop_logits = lambda c: chain.append(c) or real(c)  # type: ignore[method-assign]
+    policy.act(inputs, mode="greedy")
+    del policy._stop_logits
+    torch.testing.assert_close(policy.stop_context_center, chain[0][:, 0].mean(0))
+    centre = policy.stop_context_center.clone()
+    assert not policy.fit_stop_context_center(policy.encode_obs(_obs(seed=1)))  # fitted once
+    with torch.no_grad():
+        policy.stop_context_head.weight.normal_()
+    logits = policy.act(inputs, mode="greedy").stop_logits
+    by_hand = policy.stop_head(chain[0][:, [2, 4]]).squeeze(-1)
+    by_hand = by_hand + (chain[0][:, 0] - centre) @ policy.stop_context_head.weight.T
+    torch.testing.assert_close(logits, by_hand)
+    path = policy.save_pretrained(tmp_path / "centred")
+    loaded = LastR1Policy.from_pretrained(path).eval()
+    assert torch.equal(loaded.stop_context_center, centre)
+    assert not loaded.fit_stop_context_center(inputs)  # a trained readout keeps its centre
+    weights = load_file(str(path / "model.safetensors"))
+    del weights["stop_context_center"]  # as saved before the centre existed
+    save_file(weights, str(path / "model.safetensors"))
+    old = LastR1Policy.from_pretrained(path).eval()
+    assert not old.stop_context_center.any()
+    uncentred = (
+        policy.stop_head(chain[0][:, [2, 4]]).squeeze(-1) + chain[0][:, 0] @ old.stop_context_head.weight.T
+    )
+    torch.testing.assert_close(old.act(inputs, mode="greedy").stop_logits, uncentred)

@@ -107,6 +107,8 @@ def train_stop_on_bandit(
     if (cfg.algo.kl_coef > 0 or cfg.algo.stop_kl_coef > 0) and anchor is None:
         raise ValueError("algo.kl_coef / algo.stop_kl_coef > 0 needs the frozen starting policy as anchor")
     rl.prepare_policy(policy, cfg)  # temperatures, stop context, detached value head: as train_rl
+    if cfg.stop_context:  # centred on the pool's start states, as train_rl centres on its first batch
+        policy.fit_stop_context_center(pool)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = rl.make_optimizer(policy, cfg)
     history = [{**length_summary(policy, eval_inputs, eval_task, num_tasks), "success": float("nan")}]

@@ -207,8 +207,27 @@ class LastR1Policy(nn.Module):
             )
             nn.init.zeros_(head.weight)
             self.stop_context_head = head
+            # the readout reads <latent_start> minus this centre (fit_stop_context_center); zero = uncentred
+            self.register_buffer("stop_context_center", torch.zeros_like(self.stop_head.weight[0]))
         if not self.config.stop_context:
             self.config = dataclasses.replace(self.config, stop_context=True)
+
+    @torch.no_grad()
+    def fit_stop_context_center(self, inputs: PolicyInputs) -> bool:
+        """Centre the stop's context readout on the mean ``<latent_start>`` state of ``inputs`` (e.g.
+        one first observation per episode of every task), while the readout is still zero, so acting
+        does not change; returns whether it did.
+
+        Why: the tasks' start states share most of their direction (cosine 0.93-0.98 between three of
+        the demo's four tasks), so an uncentred readout trained on one task's reward moves every task's
+        length alike; centred, it reads what tells the tasks apart (docs/rl.md, "the stop's advantage").
+        """
+        head = self.stop_context_head
+        if head is None or bool(head.weight.any()) or bool(self.stop_context_center.any()):
+            return False
+        _, h_start = self._open_stream(inputs.to(self.device), use_cache=True)
+        self.stop_context_center.copy_(h_start.mean(0))
+        return True
 
     # ------------------------------------------------------------------ pre-processing
 
@@ -282,8 +301,17 @@ class LastR1Policy(nn.Module):
         idx = torch.tensor(self.layout.candidate_lengths(), device=chain.device)
         logits = self.stop_head(chain[:, idx]).squeeze(-1)
         if self.stop_context_head is not None:
-            logits = logits + self.stop_context_head(chain[:, 0])
+            logits = logits + self.stop_context_head(chain[:, 0] - self.stop_context_center)
         return logits
+
+    def _open_stream(self, inputs: PolicyInputs, use_cache: bool) -> tuple[DecodeStream, torch.Tensor]:
+        """Feed the observation prefix; the decode stream and the ``<latent_start>`` state ``(B, D)``."""
+        prefix, valid = self._prefix(inputs)
+        stream = DecodeStream(
+            self.backbone, self.layout, valid, self.config.decoding == "autoregressive", use_cache
+        )
+        full = torch.full((len(inputs),), self.layout.k_max, device=prefix.device)
+        return stream, stream.feed(prefix, full)[:, -1]
 
     def _candidate_values(self, chain: torch.Tensor) -> torch.Tensor:
         """The value head at every stop candidate's ``<latent_end>`` ``(B, num_candidates)``: what the
@@ -366,10 +394,7 @@ class LastR1Policy(nn.Module):
         b = len(inputs)
         a_temp = cfg.action_temperature if mode == "sample" else 1.0
         s_temp = cfg.stop_temperature if mode == "sample" else 1.0
-        prefix, valid = self._prefix(inputs)
-        stream = DecodeStream(self.backbone, lay, valid, cfg.decoding == "autoregressive", use_cache)
-        full = torch.full((b,), lay.k_max, device=prefix.device)
-        h_prefix = stream.feed(prefix, full)[:, -1]
+        stream, h_prefix = self._open_stream(inputs, use_cache)
         noise = cfg.latent_noise_std if mode == "sample" else 0.0
         latents, chain = self._run_latents(stream, h_prefix, noise, generator)
         stop_logits = self._stop_logits(chain)
@@ -385,8 +410,8 @@ class LastR1Policy(nn.Module):
                 )
         else:
             stop_index, logp_stop = (
-                torch.zeros(b, dtype=torch.long, device=prefix.device),
-                prefix.new_zeros(b),
+                torch.zeros(b, dtype=torch.long, device=h_prefix.device),
+                h_prefix.new_zeros(b),
             )
         latent_len = lay.latent_len(stop_index)
         tok_mode = "mean" if mode == "greedy" and cfg.greedy_actions == "bin_mean" else mode
@@ -418,10 +443,10 @@ class LastR1Policy(nn.Module):
             stop_logits=stop_logits,
             value=self._value(chain, latent_len),
             candidate_values=self._candidate_values(chain),
-            action_temperature=torch.full((b,), a_temp, device=prefix.device),
-            stop_temperature=torch.full((b,), s_temp, device=prefix.device),
+            action_temperature=torch.full((b,), a_temp, device=h_prefix.device),
+            stop_temperature=torch.full((b,), s_temp, device=h_prefix.device),
             stop_chosen=torch.full(
-                (b,), keep_stop is None and not cfg.force_latent_len and lay.k_max > 0, device=prefix.device
+                (b,), keep_stop is None and not cfg.force_latent_len and lay.k_max > 0, device=h_prefix.device
             ),
             inputs=inputs,
         )
@@ -504,9 +529,7 @@ class LastR1Policy(nn.Module):
         if latent_inputs is not None:
             chain, act_hidden = self._teacher_forced(inputs, latent_inputs, latent_len, tokens)
         else:
-            prefix, valid = self._prefix(inputs)
-            stream = DecodeStream(self.backbone, lay, valid, self.config.decoding == "autoregressive")
-            h_prefix = stream.feed(prefix, torch.full_like(latent_len, lay.k_max))[:, -1]
+            stream, h_prefix = self._open_stream(inputs, use_cache=True)
             _, chain = self._run_latents(stream, h_prefix, 0.0, None)
             act_hidden = stream.feed(self._action_inputs(b, tokens), latent_len)
         mu = chain[:, :-1]
@@ -560,9 +583,11 @@ class LastR1Policy(nn.Module):
             result = policy.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=False)
         except RuntimeError as exc:  # shape mismatches
             raise ValueError(f"{path / WEIGHTS_FILE} does not match config.json: {exc}") from None
-        if result.missing_keys or result.unexpected_keys:
+        # readouts saved before the centre existed read the state uncentred, as the zero centre does
+        missing = [k for k in result.missing_keys if k != "stop_context_center"]
+        if missing or result.unexpected_keys:
             raise ValueError(
-                f"{path / WEIGHTS_FILE} does not match config.json: missing {result.missing_keys[:5]}, "
+                f"{path / WEIGHTS_FILE} does not match config.json: missing {missing[:5]}, "
                 f"unexpected {result.unexpected_keys[:5]}"
             )
         return policy.to(device)

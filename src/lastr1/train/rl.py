@@ -405,6 +405,8 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             t_collect = time.perf_counter() - t0
             adv, ret, stop_adv = _advantages(cfg, adv_kind, roll)
             old = old_terms(roll, adv, ret, stop_adv)
+            if cfg.stop_context:  # a fresh readout is centred on this batch's start states, once
+                policy.fit_stop_context_center(roll.out.inputs.index(roll.index[:, 0]))
             t1 = time.perf_counter()
             try:
                 upd = update_policy(policy, opt, cfg, old, roll.out, it, anchor)
