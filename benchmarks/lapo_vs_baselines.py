@@ -13,8 +13,9 @@ once per seed with the run's sampling seed, so each Δ is a paired difference.
 Prints a table (success before/after with a 95 % interval over seeds, latent length before/after,
 env steps, wall time), each task's reasoning length in the training rollouts, and each task's stop
 distribution on the first observations of its ``eval`` starts (expected sampled length before and
-after, and how far it sits from the other tasks'), and writes every number to ``<out>/results.json``; the runs themselves stay
-in ``<out>/<algo>/seed<k>`` (metrics.jsonl, evals, checkpoints) for the learning-curve plot.
+after, and how far it sits from the other tasks'). Every number goes to ``<out>/results.json``; the
+runs themselves stay in ``<out>/<algo>/seed<k>`` (metrics.jsonl, evals, checkpoints) for the
+learning-curve plot.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def _run(
             whiten_per_task=a.whiten_per_task,
             kl_coef=a.kl_coef,
             stop_kl_coef=a.stop_kl_coef if algo == "lapo" else 0.0,
-            stop_advantage=a.stop_advantage,
+            stop_advantage=a.stop_advantage if algo == "lapo" else "gae",
             w_latent=a.w_latent,
             w_end=a.w_end,
             latent_sigma=a.latent_sigma,

@@ -69,8 +69,8 @@ def _args() -> argparse.Namespace:
     p.add_argument(
         "--stop-kl-coef",
         type=float,
-        default=DEMO.get("rl_stop_kl_coef", 0.0),
-        help="KL of the stop to the checkpoint's (algo.stop_kl_coef; default: the demo preset's)",
+        default=0.0,
+        help="KL of the stop to the checkpoint's (algo.stop_kl_coef; 0 = none, as the demo)",
     )
     p.add_argument("--out", default="runs/length_bandit")
     return p.parse_args()
@@ -143,7 +143,8 @@ def main() -> None:
         f"\nlength bandit on {a.checkpoint}: success (shortest : longest) "
         f"{', '.join(f'{lo:.2f}:{hi:.2f}' for lo, hi in ends)}, linear between (candidates {lengths});"
         f" {a.iterations} iterations x {a.per_task} episodes per task"
-        f" ({n_eps} per task), stop lr {a.stop_lr:g}, stop KL {a.stop_kl_coef:g}, {len(seeds)} seeds; expected sampled length on"
+        f" ({n_eps} per task), stop lr {a.stop_lr:g}, stop KL {a.stop_kl_coef:g}, {len(seeds)} seeds;"
+        " expected sampled length on"
         f" {a.held_out} held-out first observations per task"
     )
     print(

@@ -473,6 +473,14 @@ def test_stop_kl_is_refused_for_an_algorithm_that_does_not_train_the_stop(toy_sf
     cfg.algo.stop_kl_coef = 0.1
     with pytest.raises(ValueError, match="algo.stop_kl_coef=0.1: ppo_action does not train the stop"):
         train_rl(cfg)
+    cfg = _cfg(toy_sft_checkpoint, tmp_path / "run", algo="grpo_action", group_size=2)
+    cfg.algo.stop_advantage = "return"
+    with pytest.raises(ValueError, match="algo.stop_advantage=return: grpo_action does not train the stop"):
+        train_rl(cfg)
+    cfg = _cfg(toy_sft_checkpoint, tmp_path / "run", group_size=2)
+    cfg.algo.advantage, cfg.algo.stop_advantage = "grpo", "gae_expected"
+    with pytest.raises(ValueError, match="algo.advantage=grpo has no critic"):
+        train_rl(cfg)
 
 
 def test_stop_context_lets_lapo_give_two_tasks_opposite_lengths(toy_sft_checkpoint):

@@ -27,8 +27,8 @@ class AlgoConfig:
     # the stop's advantage (LAPO, with GAE): "gae" = the decision's GAE advantage, whose baseline is
     # V at the chosen <latent_end> and so depends on the stop (the reference); "gae_expected" = GAE
     # with that baseline replaced by its expectation over the stop candidates; "return" = the
-    # discounted return minus that expectation, no bootstrapping (advantages.stop_baseline_shift,
-    # docs/rl.md "the stop's advantage")
+    # discounted return minus that expectation, no bootstrapping (advantages.stop_baseline_shift;
+    # docs/rl.md, "per-task reasoning lengths in real RL")
     stop_advantage: Literal["gae", "gae_expected", "return"] = "gae"
     clip_low: float = 0.2
     clip_high: float = 0.28

@@ -6,8 +6,8 @@ same advantages ``A`` (GAE from the value head by default):
 * action tokens: token-level PPO ratio ``r_a = π_new(a_j) / π_old(a_j)`` (j over the C·7 tokens);
 * the stop decision: ``r_e = π_new(stop = ℓ) / π_old(stop = ℓ)`` for the chosen candidate ℓ,
   under the same categorical it was sampled from (the reference uses the full-vocabulary logit);
-  with ``stop_advantage`` "gae_expected" or "return" its advantage uses a baseline that does not depend on ℓ
-  (``OldTerms.stop_advantages``, :func:`lastr1.algos.advantages.stop_baseline_shift`);
+  with ``stop_advantage`` "gae_expected" or "return" its advantage uses a baseline that does not
+  depend on ℓ (``OldTerms.stop_advantages``, :func:`lastr1.algos.advantages.stop_baseline_shift`);
 * the latents: the stored rollout latents ``z`` are read as a Gaussian sample around the new
   latent mean ``μ`` with std ``σ``: ``r_z = exp(−Σ_k m_k ‖z_k − μ_k‖² / 2σ²)`` over the valid
   slots k. ``r_z ≤ 1``, so its upper clip never binds; with ``A > 0`` it pulls μ toward what was

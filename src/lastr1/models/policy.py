@@ -220,7 +220,8 @@ class LastR1Policy(nn.Module):
 
         Why: the tasks' start states share most of their direction (cosine 0.93-0.98 between three of
         the demo's four tasks), so an uncentred readout trained on one task's reward moves every task's
-        length alike; centred, it reads what tells the tasks apart (docs/rl.md, "the stop's advantage").
+        length alike; centred, it reads what tells the tasks apart (docs/rl.md, "per-task reasoning
+        lengths in real RL").
         """
         head = self.stop_context_head
         if head is None or bool(head.weight.any()) or bool(self.stop_context_center.any()):

@@ -326,9 +326,22 @@ def prepare_policy(policy: LastR1Policy, cfg: RLConfig) -> LastR1Policy:
         if not get_algorithm(cfg.algo.name).trains_reasoning:
             raise ValueError(f"stop_context=true: {cfg.algo.name} does not train the stop; use algo=lapo")
         policy.enable_stop_context()
-    if cfg.algo.stop_kl_coef > 0 and not get_algorithm(cfg.algo.name).trains_reasoning:
+    if not get_algorithm(cfg.algo.name).trains_reasoning:
+        if cfg.algo.stop_kl_coef > 0:
+            raise ValueError(
+                f"algo.stop_kl_coef={cfg.algo.stop_kl_coef}: {cfg.algo.name} does not train the stop; "
+                "use algo=lapo or 0"
+            )
+        if cfg.algo.stop_advantage != "gae":
+            raise ValueError(
+                f"algo.stop_advantage={cfg.algo.stop_advantage}: {cfg.algo.name} does not train the stop; "
+                "use algo=lapo or gae"
+            )
+    adv_kind = cfg.algo.advantage or get_algorithm(cfg.algo.name).default_advantage
+    if cfg.algo.stop_advantage != "gae" and adv_kind != "gae":
         raise ValueError(
-            f"algo.stop_kl_coef={cfg.algo.stop_kl_coef}: {cfg.algo.name} does not train the stop; use algo=lapo or 0"
+            f"algo.stop_advantage={cfg.algo.stop_advantage} replaces the critic's baseline, but "
+            f"algo.advantage={adv_kind} has no critic; use algo.advantage=gae or stop_advantage=gae"
         )
     policy.value_detached = not cfg.value_trains_backbone
     if policy.config.force_latent_len and get_algorithm(cfg.algo.name).trains_reasoning:
