@@ -322,21 +322,17 @@ def prepare_policy(policy: LastR1Policy, cfg: RLConfig) -> LastR1Policy:
         policy.config.latent_noise_std = cfg.latent_noise_std
     if cfg.stop_scope:  # replace() re-runs PolicyConfig's checks on the value
         policy.config = dataclasses.replace(policy.config, stop_scope=cfg.stop_scope)
+    # options that act only on the stop's training, and the value that switches each off
+    stop_options = {
+        "stop_context=true": (cfg.stop_context, "false"),
+        f"algo.stop_kl_coef={cfg.algo.stop_kl_coef}": (cfg.algo.stop_kl_coef > 0, "0"),
+        f"algo.stop_advantage={cfg.algo.stop_advantage}": (cfg.algo.stop_advantage != "gae", "gae"),
+    }
+    for option, (used, off) in stop_options.items():
+        if used and not get_algorithm(cfg.algo.name).trains_reasoning:
+            raise ValueError(f"{option}: {cfg.algo.name} does not train the stop; use algo=lapo or {off}")
     if cfg.stop_context:
-        if not get_algorithm(cfg.algo.name).trains_reasoning:
-            raise ValueError(f"stop_context=true: {cfg.algo.name} does not train the stop; use algo=lapo")
         policy.enable_stop_context()
-    if not get_algorithm(cfg.algo.name).trains_reasoning:
-        if cfg.algo.stop_kl_coef > 0:
-            raise ValueError(
-                f"algo.stop_kl_coef={cfg.algo.stop_kl_coef}: {cfg.algo.name} does not train the stop; "
-                "use algo=lapo or 0"
-            )
-        if cfg.algo.stop_advantage != "gae":
-            raise ValueError(
-                f"algo.stop_advantage={cfg.algo.stop_advantage}: {cfg.algo.name} does not train the stop; "
-                "use algo=lapo or gae"
-            )
     adv_kind = cfg.algo.advantage or get_algorithm(cfg.algo.name).default_advantage
     if cfg.algo.stop_advantage != "gae" and adv_kind != "gae":
         raise ValueError(
