@@ -512,6 +512,30 @@ def test_stop_context_lets_lapo_give_two_tasks_opposite_lengths(toy_sft_checkpoi
     assert max(gaps[False]) < min(gaps[True]) / 5, gaps
 
 
+def test_a_nan_before_any_checkpoint_with_stop_context_rolls_back_to_a_zero_readout(
+    toy_sft_checkpoint, tmp_path, monkeypatch
+):
+    """The starting checkpoint has no context readout: rolling back to it must give the readout
+    back its zero start, not fail to load."""
+    real_factory = ALGORITHMS["lapo"]
+
+    class NanNow:
+        name, default_advantage, trains_reasoning = "lapo", "gae", True
+
+        def loss(self, new, old, cfg):
+            loss, metrics = real_factory().loss(new, old, cfg)
+            return loss * float("nan"), metrics
+
+    monkeypatch.setitem(ALGORITHMS, "lapo", NanNow)
+    out = tmp_path / "nan_ctx"
+    state = train_rl(_cfg(toy_sft_checkpoint, out, stop_context=True, iterations=2, eval_every=0))
+    assert "non-finite loss" in state["stopped"]
+    final = LastR1Policy.from_pretrained(out / "final")
+    assert not final.stop_context_head.weight.any() and not final.stop_context_center.any()
+    start = _weights(toy_sft_checkpoint)
+    assert _changed(start, {k: v for k, v in _weights(out / "final").items() if k in start}) == []
+
+
 def test_stop_context_is_refused_for_an_algorithm_that_does_not_train_the_stop(toy_sft_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="stop_context=true: ppo_action does not train the stop"):
         train_rl(_cfg(toy_sft_checkpoint, tmp_path / "run", algo="ppo_action", stop_context=True))

@@ -428,7 +428,10 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                 state["stopped"] = str(exc)
                 # earlier minibatches of this iteration were applied: roll back so `final` is the last good policy
                 restore = good / "policy" if good is not None else source
-                policy.load_state_dict(LastR1Policy.from_pretrained(restore).state_dict())
+                # prepare_policy: the starting checkpoint gets the run's (zero) stop context readout too
+                policy.load_state_dict(
+                    prepare_policy(LastR1Policy.from_pretrained(restore), cfg).state_dict()
+                )
                 break
             t_update = time.perf_counter() - t1
             steps = int(roll.env_steps.sum())
