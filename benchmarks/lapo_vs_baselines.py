@@ -52,7 +52,7 @@ ALGOS = ("lapo", "ppo_action", "grpo_action")
 MODES = ("greedy", "sample")
 
 
-def _args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="SFT checkpoint every algorithm starts from")
     p.add_argument("--tasks", default="reach-v3,button-press-topdown-v3,drawer-open-v3,drawer-close-v3")
@@ -162,7 +162,7 @@ def _args() -> argparse.Namespace:
         help="LAPO only: add the zero-initialised per-task context readout to the stop (RLConfig.stop_context)",
     )
     p.add_argument("--out", default="runs/lapo_vs_baselines")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def _summary(res: dict[str, Any]) -> dict[str, Any]:
@@ -190,14 +190,12 @@ def _stop_lengths(policy_dir: Path | str, probe: Observation | None) -> dict[str
     return length_summary(policy, policy.encode_obs(probe), task, int(task.max()) + 1)
 
 
-def _run(
-    a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progress: bool, probe: Observation | None
-) -> dict[str, Any]:
-    """One (algorithm, seed) run from the shared checkpoint; its greedy and sampled results."""
+def run_config(a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progress: bool) -> RLConfig:
+    """The RL config of one (algorithm, seed) run: every algorithm gets the same budget and setting."""
     run = Path(a.out) / algo / f"seed{seed}"
     advantage = a.lapo_advantage if algo == "lapo" else ""  # "": the algorithm's default
     group_relative = algo == "grpo_action" or advantage == "grpo"
-    cfg = RLConfig(
+    return RLConfig(
         env=env_cfg,
         algo=AlgoConfig(
             name=algo,
@@ -222,7 +220,7 @@ def _run(
         critic_warmup=a.critic_warmup if algo != "grpo_action" else 0,
         action_temperature=a.action_temperature,
         lr_warmup_updates=a.lr_warmup,
-        value_trains_backbone=not a.attach_value,
+        value_trains_backbone=a.attach_value,  # detached unless asked: the demo preset's setting
         eval_every=a.eval_every,
         eval_episodes_per_task=a.eval_episodes,
         eval_at_start=False,
@@ -233,7 +231,15 @@ def _run(
         seed=seed,
         progress=progress,  # a bar per run when runs are sequential: each takes minutes
     )
-    state = train_rl(cfg)  # resumes a finished or killed run instead of redoing it
+
+
+def _run(
+    a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progress: bool, probe: Observation | None
+) -> dict[str, Any]:
+    """One (algorithm, seed) run from the shared checkpoint; its greedy and sampled results."""
+    run = Path(a.out) / algo / f"seed{seed}"
+    # a finished or killed run resumes instead of being redone
+    state = train_rl(run_config(a, env_cfg, algo, seed, progress))
     logged = read_metrics(run / "metrics.jsonl")
     # the run's own logged seconds, not this call's: a resumed (finished) run returns at once
     wall = sum(r.get("sec_collect", 0.0) + r.get("sec_update", 0.0) + r.get("sec_eval", 0.0) for r in logged)
@@ -255,7 +261,7 @@ def _run(
 
 
 def main() -> None:
-    a = _args()
+    a = parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     env_cfg = EnvConfig(
