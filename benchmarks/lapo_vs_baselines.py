@@ -237,9 +237,9 @@ def _run(
     a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progress: bool, probe: Observation | None
 ) -> dict[str, Any]:
     """One (algorithm, seed) run from the shared checkpoint; its greedy and sampled results."""
-    run = Path(a.out) / algo / f"seed{seed}"
-    # a finished or killed run resumes instead of being redone
-    state = train_rl(run_config(a, env_cfg, algo, seed, progress))
+    cfg = run_config(a, env_cfg, algo, seed, progress)
+    run = Path(cfg.out)
+    state = train_rl(cfg)  # a finished or killed run resumes instead of being redone
     logged = read_metrics(run / "metrics.jsonl")
     # the run's own logged seconds, not this call's: a resumed (finished) run returns at once
     wall = sum(r.get("sec_collect", 0.0) + r.get("sec_update", 0.0) + r.get("sec_eval", 0.0) for r in logged)

@@ -8,6 +8,7 @@ docs said detached) changes what every published row measured, and nothing else 
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -19,29 +20,24 @@ from lastr1.envs import EnvConfig
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "lapo_vs_baselines.py"
 
-# the README's benchmark command, less its output and worker flags
-README_FLAGS = [
-    "--checkpoint",
-    "runs/demo-default/sft/final",
-    "--iterations",
-    "10",
-    "--rollouts-per-iter",
-    "64",
-    "--eval-episodes",
-    "20",
-    "--vector",
-    "sync",
-    "--kl-coef",
-    "0.5",
-    "--stop-lr",
-    "3e-3",
-    "--stop-scope",
-    "episode",
-    "--action-temperature",
-    "0.5",
-    "--group-size",
-    "8",
-]
+README = BENCHMARK.parents[1] / "README.md"
+
+
+def _readme_command() -> list[str]:
+    """The README's `lapo_vs_baselines.py` command (the one that made its table), as argv."""
+    lines = README.read_text().splitlines()
+    start = next(
+        i for i, line in enumerate(lines) if line.startswith("python benchmarks/lapo_vs_baselines.py")
+    )
+    command = ""
+    for line in lines[start:]:
+        command += " " + line.rstrip("\\ ")
+        if not line.rstrip().endswith("\\"):
+            break
+    return shlex.split(command)[2:]
+
+
+README_FLAGS = _readme_command()
 
 
 def _benchmark() -> ModuleType:
@@ -56,7 +52,7 @@ def _benchmark() -> ModuleType:
 @pytest.mark.parametrize("algo", ["lapo", "ppo_action", "grpo_action"])
 def test_the_readme_command_runs_the_demo_presets_rl_setting(algo: str, tmp_path: Path) -> None:
     bench = _benchmark()
-    args = bench.parse_args([*README_FLAGS, "--out", str(tmp_path)])
+    args = bench.parse_args([*README_FLAGS, "--out", str(tmp_path)])  # the last --out wins
     cfg = bench.run_config(args, EnvConfig(), algo, seed=3, progress=False)
     preset = PRESETS["default"]
     assert cfg.value_trains_backbone is preset["rl_value_trains_backbone"] is False
