@@ -52,6 +52,7 @@ def tiny_sft_config(data, out, **kw):
         out=str(out),
         policy=PolicyConfig(**TINY_POLICY),
         teacher=TeacherConfig(name="proprio", k_max=4),
+        latent_loss="cos_mse",  # the demo preset's; the RL tests' measured thresholds assume it
         steps=30,
         batch_size=16,
         lr=3e-3,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lastr1.algos import AlgoConfig, NewTerms, OldTerms, gae, get_algorithm, grpo, whiten
+from lastr1.algos import AlgoConfig, NewTerms, OldTerms, StopConfig, gae, get_algorithm, grpo, whiten
 from lastr1.algos.lapo import latent_log_ratio
 
 
@@ -106,13 +106,19 @@ def _reference_lapo(new: NewTerms, old: OldTerms, cfg: AlgoConfig) -> torch.Tens
     total = 0.0
     for i in range(b):
         a = old.advantages[i]
-        la = (
-            sum(
-                surr(torch.exp(new.logp_action_tokens[i, j] - old.logp_action_tokens[i, j]), a)
-                for j in range(n)
+        if cfg.action_ratio == "sequence":  # one ratio for the decision's whole chunk
+            la = surr(
+                torch.exp(sum(new.logp_action_tokens[i, j] - old.logp_action_tokens[i, j] for j in range(n))),
+                a,
             )
-            / n
-        )
+        else:
+            la = (
+                sum(
+                    surr(torch.exp(new.logp_action_tokens[i, j] - old.logp_action_tokens[i, j]), a)
+                    for j in range(n)
+                )
+                / n
+            )
         le = surr(torch.exp(new.logp_stop[i] - old.logp_stop[i]), a)
         w_end = cfg.w_end if old.stop_mask is None or old.stop_mask[i] else 0.0  # kept stop: no term
         sq = sum(
@@ -128,10 +134,11 @@ def _reference_lapo(new: NewTerms, old: OldTerms, cfg: AlgoConfig) -> torch.Tens
     return total
 
 
+@pytest.mark.parametrize("action_ratio", ["sequence", "token"])
 @pytest.mark.parametrize("stop_mask", [None, [True, False, False, True, False]])
 @pytest.mark.parametrize("sigma", [10.0, 2.0])
-def test_lapo_loss_and_gradients_match_float64_reference(sigma, stop_mask):
-    cfg = AlgoConfig(latent_sigma=sigma, entropy_coef=0.01)
+def test_lapo_loss_and_gradients_match_float64_reference(sigma, stop_mask, action_ratio):
+    cfg = AlgoConfig(latent_sigma=sigma, entropy_coef=0.01, action_ratio=action_ratio)
     new64, old64 = _terms()
     if stop_mask is not None:  # stop_scope "episode": only the first decisions chose their stop
         old64.stop_mask = torch.tensor(stop_mask)
@@ -282,7 +289,7 @@ def test_stop_kl_matches_float64_at_the_sampling_temperature():
 
 
 def test_stop_kl_coef_adds_the_mean_over_decisions_that_chose_their_stop():
-    cfg = AlgoConfig(stop_kl_coef=0.25)
+    cfg = AlgoConfig(stop=StopConfig(kl_coef=0.25))
     new, old = _terms()
     with pytest.raises(ValueError, match="stop_kl_ref"):
         get_algorithm("lapo").loss(new, old, cfg)
@@ -302,8 +309,8 @@ def test_stop_kl_coef_adds_the_mean_over_decisions_that_chose_their_stop():
     with_kl, _ = get_algorithm("lapo").loss(new, old, cfg)
     without, _ = get_algorithm("lapo").loss(new, old, AlgoConfig())
     assert with_kl.item() == pytest.approx(without.item())
-    with pytest.raises(ValueError, match="stop_kl_coef"):
-        AlgoConfig(stop_kl_coef=-0.1)
+    with pytest.raises(ValueError, match="stop.kl_coef"):
+        StopConfig(kl_coef=-0.1)
 
 
 def test_whitening_is_the_affine_map_whiten_applies():
@@ -356,3 +363,19 @@ def test_lapo_scores_the_stop_with_its_own_advantages():
     torch.testing.assert_close(g_stop, torch.autograd.grad(ref_stop, new.logp_stop)[0])
     g_act = torch.autograd.grad(loss, new.logp_action_tokens)[0]
     torch.testing.assert_close(g_act, torch.autograd.grad(ref_rest, new.logp_action_tokens)[0])
+
+
+def test_sequence_ratio_clips_the_whole_chunk_together():
+    """action_ratio="sequence" (the reference): once the chunk's summed log-ratio leaves the clip range
+    in the advantage's direction, no action token gets gradient; "token" clips each token alone."""
+    new, old = _terms()
+    old.advantages = torch.ones_like(old.advantages)
+    with torch.no_grad():  # every token's ratio slightly up: each alone inside the clip, the product far out
+        new.logp_action_tokens.copy_(old.logp_action_tokens + 0.1)
+    for ratio, expect_grad in (("sequence", False), ("token", True)):
+        loss, metrics = get_algorithm("ppo_action").loss(
+            new, old, AlgoConfig(action_ratio=ratio, value_coef=0.0)
+        )
+        (grad,) = torch.autograd.grad(loss, new.logp_action_tokens)
+        assert bool(grad.abs().sum() > 0) == expect_grad, ratio
+        assert metrics["clip_frac"] == (1.0 if ratio == "sequence" else 0.0)

@@ -14,6 +14,7 @@ import lastr1.train.rl as rl
 from conftest import TINY_POLICY
 from lastr1.algos import AlgoConfig, discounted_returns, gae, whitening
 from lastr1.envs import EnvConfig, EpisodeSpec, make_env
+from lastr1.models.decode import DecodeConfig
 from lastr1.models.policy import LastR1Policy, PolicyConfig
 from lastr1.models.policy_io import PolicyBatch
 from lastr1.rollout.collector import collect, merge_rollouts
@@ -114,9 +115,8 @@ class _Scripted:
 
 
 def test_episode_stop_scope_keeps_the_first_decisions_length(policy):
-    import dataclasses
 
-    per_episode = LastR1Policy(dataclasses.replace(policy.config, stop_scope="episode")).eval()
+    per_episode = LastR1Policy(policy.config, decode=DecodeConfig(stop_scope="episode")).eval()
     per_episode.load_state_dict(policy.state_dict())
     specs = [EpisodeSpec(i % 2, "train", i) for i in range(6)]
     with _env(num_envs=6, max_steps=30) as env:
@@ -315,9 +315,8 @@ def test_pipelined_collect_overlaps_async_workers_with_the_same_result(policy):
 
 
 def test_pipelined_collect_keeps_the_episode_stop(policy):
-    import dataclasses
 
-    per_episode = LastR1Policy(dataclasses.replace(policy.config, stop_scope="episode")).eval()
+    per_episode = LastR1Policy(policy.config, decode=DecodeConfig(stop_scope="episode")).eval()
     per_episode.load_state_dict(policy.state_dict())
     specs = [EpisodeSpec(i % 2, "train", i, max_steps=30) for i in range(5)]
     with _toy(5) as env:
@@ -331,7 +330,7 @@ def test_pipelined_collect_keeps_the_episode_stop(policy):
 @pytest.mark.parametrize("whiten", [False, True])
 @pytest.mark.parametrize("kind", ["gae_expected", "return"])
 def test_stop_advantages_use_a_baseline_that_does_not_depend_on_the_stop(policy, kind, whiten):
-    """algo.stop_advantage: "gae_expected" is the decision's GAE advantage plus
+    """algo.stop.advantage: "gae_expected" is the decision's GAE advantage plus
     V(s, ℓ) − Σ π_old(ℓ'|s) V(s, ℓ'); "return" is the discounted return minus that expectation; both go
     through the actions' whitening map, and "gae" (the reference) gives the stop no advantages of its own."""
     specs = [EpisodeSpec(i % 2, "train", i) for i in range(4)]
@@ -341,7 +340,7 @@ def test_stop_advantages_use_a_baseline_that_does_not_depend_on_the_stop(policy,
     cfg.algo.whiten_advantages = whiten
     adv, _, stop_adv = rl._advantages(cfg, "gae", roll)
     assert stop_adv is None  # the reference: the stop shares the actions' advantages
-    cfg.algo.stop_advantage = kind
+    cfg.algo.stop.advantage = kind
     adv2, _, stop_adv = rl._advantages(cfg, "gae", roll)
     assert torch.equal(adv, adv2)  # the actions' advantages do not change
     out = roll.out

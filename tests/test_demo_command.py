@@ -31,7 +31,7 @@ def test_demo_quick_writes_a_complete_report(tmp_path):
     print(f"lastr1 demo preset=quick took {seconds:.0f} s")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    run = tmp_path / "demo-quick"
+    run = tmp_path / "quick"  # the run folder is named after the preset
     report = (run / "report.md").read_text()
     # the setting (with the placement scale) and the sampled policy's before/after are stated
     assert "0.3x the benchmark's ranges (`env.placement_scale`)" in report

@@ -13,6 +13,7 @@ from lastr1.commands import eval as eval_command
 from lastr1.envs import EnvConfig, make_env
 from lastr1.eval.evaluate import evaluate, format_table
 from lastr1.eval.stats import mean_ci, wilson_interval
+from lastr1.models.decode import DecodeConfig
 from lastr1.models.policy import LastR1Policy
 
 
@@ -94,15 +95,15 @@ def test_eval_json_contents(toy_sft_checkpoint, tmp_path):
 
 def test_eval_probes_fix_the_reasoning_length_and_the_action_decode(toy_sft_checkpoint, tmp_path):
     for length in (2, 4):
-        res = _run_eval(
-            toy_sft_checkpoint, tmp_path / f"len{length}", latent_len=length, greedy_actions="bin_mean"
-        )
+        probe = DecodeConfig(force_latent_len=length, greedy_actions="bin_mean")
+        res = _run_eval(toy_sft_checkpoint, tmp_path / f"len{length}", decode=probe)
         assert all(r["mean_latent_len"] == length for r in res["per_task"].values())
         assert res["protocol"]["actions"] == f"greedy (bin_mean), reasoning length fixed at {length}"
+        assert res["protocol"]["decode"]["force_latent_len"] == length
     default = _run_eval(toy_sft_checkpoint, tmp_path / "default")
     assert default["protocol"]["actions"] == "greedy (argmax), deterministic stop rule"
-    with pytest.raises(ValueError, match="latent_len .*force_latent_len=3 must be 0"):  # before any episode
-        _run_eval(toy_sft_checkpoint, tmp_path / "bad", latent_len=3)
+    with pytest.raises(ValueError, match="decode.force_latent_len=3 must be 0"):  # before any episode
+        _run_eval(toy_sft_checkpoint, tmp_path / "bad", decode=DecodeConfig(force_latent_len=3))
     assert not (tmp_path / "bad").exists()
 
 

@@ -36,13 +36,9 @@ def test_flips_match_greedy_act_at_each_forced_length(rollout_and_policy):
     longest = lengths[-1]
     task_of = roll.flat(roll.task[:, None].expand_as(roll.mask))
     greedy = {}
-    base = policy.config
-    try:  # the independent path: act itself, greedy, with the length forced
-        for length in lengths:
-            policy.config = dataclasses.replace(base, force_latent_len=length)
-            greedy[length] = policy.act(roll.out.inputs, mode="greedy").action_tokens
-    finally:
-        policy.config = base
+    for length in lengths:  # the independent path: act itself, greedy, with the length forced
+        probe = dataclasses.replace(policy.decode, force_latent_len=length)
+        greedy[length] = policy.act(roll.out.inputs, mode="greedy", decode=probe).action_tokens
     for t, row in enumerate(rows):
         sel = task_of == t
         assert row["decisions"] == int(sel.sum()) > 0

@@ -10,6 +10,7 @@ import torch
 
 from lastr1.envs.base import Observation
 from lastr1.models import LastR1Policy, PolicyBatch, PolicyConfig
+from lastr1.models.decode import DECODE_KEYS, DecodeConfig
 from lastr1.models.latent import choose_stop, sample_tokens
 
 B = 3
@@ -35,8 +36,10 @@ def _config(**kw) -> PolicyConfig:
 
 
 def _policy(seed: int = 0, **kw) -> LastR1Policy:
+    """A small policy; decoding keys (``force_latent_len=2``) go to its default DecodeConfig."""
+    decode = DecodeConfig(**{k: kw.pop(k) for k in list(kw) if k in DECODE_KEYS})
     torch.manual_seed(seed)
-    return LastR1Policy(_config(**kw)).eval()
+    return LastR1Policy(_config(**kw), decode=decode).eval()
 
 
 def _obs(n: int = B, size: int = 16, proprio: int = 3, seed: int = 0) -> Observation:
@@ -65,7 +68,7 @@ def test_act_shapes_and_ranges() -> None:
         assert torch.equal(out.latent_mask.sum(1), out.latent_len)
         assert out.actions.abs().max() <= 1.0 and torch.all(out.logp_tokens <= 0)
         assert torch.allclose(out.logp_action, out.logp_tokens.double().sum(1))
-        expected_temp = 1.6 if mode == "sample" else 1.0
+        expected_temp = DecodeConfig().action_temperature if mode == "sample" else 1.0
         assert torch.all(out.action_temperature == expected_temp)
 
 
@@ -91,8 +94,7 @@ def test_candidate_values_are_the_value_at_each_reasoning_length() -> None:
     chosen = out.candidate_values.gather(1, out.stop_index[:, None]).squeeze(1)
     torch.testing.assert_close(chosen, out.value)
     for j, length in enumerate(policy.layout.candidate_lengths()):
-        policy.config.force_latent_len = length
-        forced = policy.act(_obs(), mode="greedy")
+        forced = policy.act(_obs(), mode="greedy", decode=DecodeConfig(force_latent_len=length))
         torch.testing.assert_close(forced.value, out.candidate_values[:, j], atol=1e-5, rtol=0)
     assert not torch.allclose(out.candidate_values[:, 0], out.candidate_values[:, 1])
 
@@ -217,11 +219,15 @@ def test_forced_reasoning_length_overrides_the_stop_in_both_modes() -> None:
         torch.testing.assert_close(out.logp_stop, expected)
     # same weights, so the latents (computed before the stop) match the free policy's
     torch.testing.assert_close(forced.act(obs, mode="greedy").latents, free.act(obs, mode="greedy").latents)
-    for bad in (1, 6, -2):
+    for bad in (1, 6):  # checked against the architecture, at load and per call
         with pytest.raises(
             ValueError, match=f"force_latent_len={bad} must be 0 .* multiple of latent_group=2"
         ):
-            _config(force_latent_len=bad)
+            _policy(force_latent_len=bad)
+        with pytest.raises(ValueError, match=f"force_latent_len={bad} must be 0"):
+            free.act(obs, decode=DecodeConfig(force_latent_len=bad))
+    with pytest.raises(ValueError, match="decode.force_latent_len=-2 must be >= 0"):
+        DecodeConfig(force_latent_len=-2)
 
 
 def test_bin_mean_decode_takes_the_bin_nearest_the_mean() -> None:
@@ -246,7 +252,7 @@ def test_bin_mean_decode_takes_the_bin_nearest_the_mean() -> None:
         _policy().act(obs, mode="sample", generator=gen()).action_tokens,
     )
     with pytest.raises(ValueError, match="greedy_actions='median' must be 'argmax' or 'bin_mean'"):
-        _config(greedy_actions="median")
+        DecodeConfig(greedy_actions="median")
 
 
 def test_stop_sampling_follows_tempered_softmax() -> None:
@@ -303,14 +309,13 @@ def test_bad_inputs_raise_clear_errors() -> None:
 
 
 def test_detached_value_head_does_not_train_the_backbone() -> None:
-    """``value_detached`` (RLConfig.value_trains_backbone=false): the value loss reaches only the
-    value head; attached (the reference), it reaches the shared backbone too."""
+    """``log_probs(detach_value=True)`` (RLConfig.value_trains_backbone=false): the value loss reaches
+    only the value head; attached (the reference), it reaches the shared backbone too."""
     policy = _policy()
     out = policy.act(_obs(), mode="sample", generator=torch.Generator().manual_seed(0))
     for detached in (False, True):
         policy.zero_grad(set_to_none=True)
-        policy.value_detached = detached
-        policy.log_probs(PolicyBatch.from_act(out)).value.square().sum().backward()
+        policy.log_probs(PolicyBatch.from_act(out), detach_value=detached).value.square().sum().backward()
         head = [p.grad for p in policy.value_head.parameters()]
         backbone = [p.grad for n, p in policy.named_parameters() if n.startswith("backbone.")]
         assert all(g is not None and g.abs().sum() > 0 for g in head)
@@ -318,11 +323,16 @@ def test_detached_value_head_does_not_train_the_backbone() -> None:
         assert touched != detached
 
 
+def _with_stop_context(policy: LastR1Policy, path) -> LastR1Policy:
+    """The policy reloaded with the stop's context readout added, as RL's algo.stop.context does."""
+    return LastR1Policy.from_pretrained(policy.save_pretrained(path), stop_context=True).eval()
+
+
 def test_stop_context_starts_as_a_no_op_and_round_trips(tmp_path):
     policy = _policy()
     obs = _obs()
     before = policy.act(obs, mode="greedy").stop_logits
-    policy.enable_stop_context()  # zero-initialised: the stop distribution is unchanged
+    policy = _with_stop_context(policy, tmp_path / "plain")  # zero-initialised: the same distribution
     assert policy.config.stop_context
     assert torch.equal(policy.act(obs, mode="greedy").stop_logits, before)
     with torch.no_grad():
@@ -345,7 +355,7 @@ def test_stop_context_centre_is_fitted_once_while_the_readout_is_zero(tmp_path):
     obs = _obs()
     inputs = policy.encode_obs(obs)
     before = policy.act(inputs, mode="greedy").stop_logits
-    policy.enable_stop_context()
+    policy = _with_stop_context(policy, tmp_path / "plain")
     assert not policy.stop_context_center.any()
     assert policy.fit_stop_context_center(inputs)
     assert torch.equal(policy.act(inputs, mode="greedy").stop_logits, before)  # zero readout: no change
@@ -376,3 +386,39 @@ def test_stop_context_centre_is_fitted_once_while_the_readout_is_zero(tmp_path):
         policy.stop_head(chain[0][:, [2, 4]]).squeeze(-1) + chain[0][:, 0] @ old.stop_context_head.weight.T
     )
     torch.testing.assert_close(old.act(inputs, mode="greedy").stop_logits, uncentred)
+
+
+def test_architecture_config_is_frozen_and_decoding_lives_outside_it(tmp_path) -> None:
+    """The weights' config cannot be edited after construction; the decode is saved beside it
+    (decode.json), replaced at load, and a checkpoint written before decode.json existed (decoding
+    keys inside config.json) loads with those keys as its default decode."""
+    import json
+
+    policy = _policy(action_temperature=0.5, stop_scope="episode")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        policy.config.d_model = 8  # type: ignore[misc]
+    path = policy.save_pretrained(tmp_path / "p")
+    assert json.loads((path / "decode.json").read_text())["stop_scope"] == "episode"
+    assert not set(json.loads((path / "config.json").read_text())) & DECODE_KEYS
+    assert LastR1Policy.from_pretrained(path).decode == policy.decode
+    greedy = DecodeConfig(greedy_actions="bin_mean")
+    assert LastR1Policy.from_pretrained(path, decode=greedy).decode == greedy
+    legacy = {
+        **json.loads((path / "config.json").read_text()),
+        "action_temperature": 1.0,
+        "stop_scope": "episode",
+    }
+    (path / "config.json").write_text(json.dumps(legacy))
+    (path / "decode.json").unlink()
+    old = LastR1Policy.from_pretrained(path)
+    assert old.decode == DecodeConfig(action_temperature=1.0, stop_scope="episode")
+    assert old.config == policy.config
+
+
+def test_parameter_groups_cover_every_trainable_parameter_once() -> None:
+    policy = _policy()
+    groups = policy.parameter_groups()
+    ids = [id(p) for params in groups.values() for p in params]
+    assert sorted(ids) == sorted(id(p) for p in policy.parameters() if p.requires_grad)
+    assert {id(p) for p in groups["stop"]} == {id(p) for p in policy.stop_head.parameters()}
+    assert {id(p) for p in groups["value"]} == {id(p) for p in policy.value_head.parameters()}

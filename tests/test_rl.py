@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import math
@@ -13,19 +12,30 @@ import torch
 from safetensors.torch import load_file
 
 import lastr1.train.rl as rl
-from lastr1.algos import ALGORITHMS, AlgoConfig
+from lastr1.algos import ALGORITHMS, AlgoConfig, StopConfig
 from lastr1.envs import EnvConfig
+from lastr1.models.decode import DecodeConfig
 from lastr1.models.policy import LastR1Policy
 from lastr1.train.checkpoint import CheckpointManager
 from lastr1.train.metrics import read_metrics
-from lastr1.train.rl import RLConfig, train_rl
+from lastr1.train.rl import RLConfig, RLExperimental, train_rl
 
 
 def _cfg(ckpt, out, **kw) -> RLConfig:
+    """A toy run; ``stop_lr``/``stop_context``/``stop_kl_coef``/``stop_advantage`` go to algo.stop,
+    ``stop_scope``/``action_temperature`` to decode, ``action_ratio`` (default token) to algo."""
     algo = kw.pop("algo", "lapo")
+    stop = StopConfig(
+        lr=kw.pop("stop_lr", 0.0),
+        context=kw.pop("stop_context", False),
+        kl_coef=kw.pop("stop_kl_coef", 0.0),
+        advantage=kw.pop("stop_advantage", "gae"),
+    )
+    decode = {k: kw.pop(k) for k in ("stop_scope", "action_temperature") if k in kw}
     base = dict(
         env=EnvConfig(backend="toy", image_size=32, num_envs=2),
-        algo=AlgoConfig(name=algo),
+        algo=AlgoConfig(name=algo, stop=stop, action_ratio=kw.pop("action_ratio", "token")),
+        decode=DecodeConfig(**decode),
         checkpoint=str(ckpt),
         out=str(out),
         iterations=3,
@@ -238,15 +248,6 @@ def test_rl_stops_on_nan_and_keeps_last_good_checkpoint(
     assert [r["step"] for r in _train_rows(out)] == [1, 2, 3, 4]
 
 
-def test_critic_warmup_trains_only_the_value_head(toy_sft_checkpoint, tmp_path):
-    start = LastR1Policy.from_pretrained(toy_sft_checkpoint).state_dict()
-    train_rl(_cfg(toy_sft_checkpoint, tmp_path / "warm", iterations=1, critic_warmup=1, eval_every=0))
-    after = LastR1Policy.from_pretrained(tmp_path / "warm" / "final").state_dict()
-    changed = {k for k in start if not torch.equal(start[k], after[k])}
-    assert changed, "the value head did not train"
-    assert all(k.startswith("value_head.") for k in changed), sorted(changed)[:5]
-
-
 def test_rollout_step_budget_and_lr_warmup(tmp_path):
     """Training rollouts get the rollout budget (LIBERO: longer than evaluation); the lr ramps up."""
     from lastr1.envs import make_env
@@ -266,7 +267,7 @@ def test_rollout_step_budget_and_lr_warmup(tmp_path):
         assert rollout_max_steps(libero, resolve_tasks(libero)[0]) == 30
 
     param = torch.nn.Parameter(torch.zeros(3))
-    opt = torch.optim.AdamW([{"params": [param], "lr": 1.0}])
+    opt = torch.optim.AdamW([{"name": "policy", "params": [param], "lr": 1.0}])
     factors = []
     for _ in range(5):
         factors.append(rl._warmup_factor(opt, 4))
@@ -274,7 +275,7 @@ def test_rollout_step_budget_and_lr_warmup(tmp_path):
         opt.step()
     assert factors == [0.25, 0.5, 0.75, 1.0, 1.0] and rl._warmup_factor(opt, 0) == 1.0
     with pytest.raises(ValueError, match="lr_warmup_updates=-1"):
-        _cfg("unused", tmp_path, lr_warmup_updates=-1)
+        RLExperimental(lr_warmup_updates=-1)
 
 
 def test_report_command_names_what_is_missing(tmp_path):
@@ -289,8 +290,10 @@ def test_report_command_names_what_is_missing(tmp_path):
         report.run(report.Config(run=str(tmp_path)))
 
 
-@pytest.mark.parametrize("algo", ["lapo", "ppo_action"])
-def test_update_learns_a_one_token_bandit(toy_sft_checkpoint, algo):
+@pytest.mark.parametrize(
+    "algo,action_ratio", [("lapo", "token"), ("ppo_action", "token"), ("lapo", "sequence")]
+)
+def test_update_learns_a_one_token_bandit(toy_sft_checkpoint, algo, action_ratio):
     """The collect-free core of the loop (sampled act -> advantages -> `update_policy`) must raise the
     probability of rewarded actions: reward 1 when the first action's x exceeds 0.3, 8 starts, 2 seeds."""
     from lastr1.algos import OldTerms
@@ -311,9 +314,16 @@ def test_update_learns_a_one_token_bandit(toy_sft_checkpoint, algo):
     obs = type(obs).stack([obs] * 4)  # 32 samples per update: the warm-up policy is still broad
     gains = []
     for seed in (0, 1):
-        policy = LastR1Policy.from_pretrained(toy_sft_checkpoint).eval()
-        policy.config.action_temperature = 1.0
-        cfg = _cfg(toy_sft_checkpoint, "unused", algo=algo, lr=1e-3, seed=seed)
+        cfg = _cfg(
+            toy_sft_checkpoint,
+            "unused",
+            algo=algo,
+            lr=1e-3,
+            seed=seed,
+            action_temperature=1.0,
+            action_ratio=action_ratio,
+        )
+        policy = rl.load_policy(toy_sft_checkpoint, cfg)
         opt, gen = rl.make_optimizer(policy, cfg), torch.Generator().manual_seed(seed)
         with torch.no_grad():
             before = rewarded_fraction(policy, obs, gen)
@@ -326,7 +336,9 @@ def test_update_learns_a_one_token_bandit(toy_sft_checkpoint, algo):
             rl.update_policy(policy, opt, cfg, old, out, it)
         with torch.no_grad():
             gains.append(rewarded_fraction(policy, obs, gen) - before)
-    print(f"{algo}: rewarded-action fraction gain per seed {gains} (32 rows x 8 draws each)")
+    print(
+        f"{algo} ({action_ratio} ratio): rewarded-action fraction gain per seed {gains} (32 rows x 8 draws each)"
+    )
     assert min(gains) > 0.1, gains  # measured 0.17-0.21; a noise-only change is ~±0.04 (256 draws)
 
 
@@ -335,32 +347,31 @@ def test_lapo_with_one_stop_per_episode_trains_the_stop_and_saves_the_scope(toy_
     state = train_rl(_cfg(toy_sft_checkpoint, out, stop_scope="episode", iterations=2, eval_every=0))
     assert state["iteration"] == 2 and "stopped" not in state
     final = LastR1Policy.from_pretrained(out / "final")
-    assert final.config.stop_scope == "episode"  # evaluations of the RL policy keep its stop scope
+    assert final.decode.stop_scope == "episode"  # evaluations of the RL policy keep its stop scope
     before, after = _weights(toy_sft_checkpoint), _weights(out / "final")
     assert "stop_head.weight" in _changed(before, after, "stop_head")
     with pytest.raises(ValueError, match="stop_scope='sometimes' must be 'decision'"):
-        train_rl(_cfg(toy_sft_checkpoint, tmp_path / "bad", stop_scope="sometimes"))
+        _cfg(toy_sft_checkpoint, tmp_path / "bad", stop_scope="sometimes")
 
 
 def test_rl_refuses_a_forced_reasoning_length_when_it_trains_the_stop(toy_sft_checkpoint, tmp_path):
-    policy = LastR1Policy.from_pretrained(toy_sft_checkpoint)
-    policy.config = dataclasses.replace(policy.config, force_latent_len=2)
-    forced = policy.save_pretrained(tmp_path / "forced")
     with pytest.raises(ValueError, match="force_latent_len=2.*lapo trains the stop"):
-        rl.train_rl(_cfg(forced, tmp_path / "run"))
-    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything was written
+        RLConfig(decode=DecodeConfig(force_latent_len=2), algo=AlgoConfig(name="lapo"))
+    RLConfig(decode=DecodeConfig(force_latent_len=2), algo=AlgoConfig(name="ppo_action"))  # allowed
 
 
 def test_stop_lr_is_its_own_parameter_group(toy_sft_checkpoint):
     policy = LastR1Policy.from_pretrained(toy_sft_checkpoint)
-    groups = rl.make_optimizer(policy, _cfg(toy_sft_checkpoint, "unused", lr=1e-4, stop_lr=3e-3)).param_groups
+    opt = rl.make_optimizer(policy, _cfg(toy_sft_checkpoint, "unused", lr=1e-4, stop_lr=3e-3))
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"policy": 1e-4, "value": 1e-3, "stop": 3e-3}  # value: value_lr
     stop_ids = {id(p) for p in policy.stop_head.parameters()}
-    assert [g["lr"] for g in groups] == [1e-4, 1e-3, 3e-3]  # policy, value (value_lr), stop
-    assert {id(p) for p in groups[2]["params"]} == stop_ids
-    assert not stop_ids & {id(p) for p in groups[0]["params"] + groups[1]["params"]}
-    default = rl.make_optimizer(policy, _cfg(toy_sft_checkpoint, "unused", lr=1e-4)).param_groups
-    assert default[2]["lr"] == 1e-4  # stop_lr 0 = the policy lr (the reference: one policy lr)
-    with pytest.raises(ValueError, match="stop_lr"):
+    assert {id(p) for p in rl.param_group(opt, "stop")["params"]} == stop_ids
+    others = rl.param_group(opt, "policy")["params"] + rl.param_group(opt, "value")["params"]
+    assert not stop_ids & {id(p) for p in others}
+    default = rl.make_optimizer(policy, _cfg(toy_sft_checkpoint, "unused", lr=1e-4))
+    assert rl.param_group(default, "stop")["lr"] == 1e-4  # stop.lr 0 = the policy lr (the reference)
+    with pytest.raises(ValueError, match="stop.lr"):
         _cfg(toy_sft_checkpoint, "unused", stop_lr=-1.0)
 
 
@@ -378,7 +389,7 @@ def test_lapo_update_learns_a_rewarded_reasoning_length(toy_sft_checkpoint):
     def p_short(policy) -> float:
         with torch.no_grad():
             logits = policy.act(obs, mode="greedy").stop_logits
-        return float(torch.softmax(logits / policy.config.stop_temperature, -1)[:, 0].mean())
+        return float(torch.softmax(logits / policy.decode.stop_temperature, -1)[:, 0].mean())
 
     gains = {}
     for algo, stop_lr in (("lapo", 0.0), ("lapo", 1e-2), ("ppo_action", 1e-2)):
@@ -424,10 +435,17 @@ def test_kl_anchor_is_the_starting_policy(toy_sft_checkpoint, tmp_path, monkeypa
 
 
 def test_stop_kl_anchors_the_stop_to_the_starting_policy(toy_sft_checkpoint, tmp_path):
-    """algo.stop_kl_coef > 0 (without the action KL) loads the anchor and logs the stop's KL to it:
+    """algo.stop.kl_coef > 0 (without the action KL) loads the anchor and logs the stop's KL to it:
     zero before the first step, positive once the stop head has moved."""
-    cfg = _cfg(toy_sft_checkpoint, tmp_path, iterations=2, eval_every=0, minibatches=1, stop_lr=3e-2)
-    cfg.algo.stop_kl_coef = 0.1
+    cfg = _cfg(
+        toy_sft_checkpoint,
+        tmp_path,
+        iterations=2,
+        eval_every=0,
+        minibatches=1,
+        stop_lr=3e-2,
+        stop_kl_coef=0.1,
+    )
     train_rl(cfg)
     rows = _train_rows(tmp_path)
     assert "kl_ref" not in rows[0]  # only the stop is anchored
@@ -450,12 +468,17 @@ def test_stop_kl_pulls_a_moved_stop_back_to_the_starting_one(toy_sft_checkpoint)
     start = length_summary(anchor, inputs, task, 2)["expected_len"]
     gaps = {}
     for coef in (0.0, 1.0):
-        policy = LastR1Policy.from_pretrained(toy_sft_checkpoint).eval()
-        policy.enable_stop_context()
+        cfg = _cfg(
+            toy_sft_checkpoint,
+            "unused",
+            stop_lr=3e-2,
+            stop_context=True,
+            value_trains_backbone=False,
+            stop_kl_coef=coef,
+        )
+        policy = rl.load_policy(toy_sft_checkpoint, cfg)
         with torch.no_grad():  # move the stop: a random readout of the observation
             policy.stop_context_head.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(3))
-        cfg = _cfg(toy_sft_checkpoint, "unused", stop_lr=3e-2, stop_context=True, value_trains_backbone=False)
-        cfg.algo.stop_kl_coef = coef
         hist = train_stop_on_bandit(
             policy, cfg, LengthBandit(torch.ones(2, 2)), inputs, task, 20, 4, inputs, task, anchor=anchor
         )
@@ -469,18 +492,13 @@ def test_stop_kl_pulls_a_moved_stop_back_to_the_starting_one(toy_sft_checkpoint)
 
 
 def test_stop_kl_is_refused_for_an_algorithm_that_does_not_train_the_stop(toy_sft_checkpoint, tmp_path):
-    cfg = _cfg(toy_sft_checkpoint, tmp_path / "run", algo="ppo_action")
-    cfg.algo.stop_kl_coef = 0.1
-    with pytest.raises(ValueError, match="algo.stop_kl_coef=0.1: ppo_action does not train the stop"):
-        train_rl(cfg)
-    cfg = _cfg(toy_sft_checkpoint, tmp_path / "run", algo="grpo_action", group_size=2)
-    cfg.algo.stop_advantage = "return"
-    with pytest.raises(ValueError, match="algo.stop_advantage=return: grpo_action does not train the stop"):
-        train_rl(cfg)
-    cfg = _cfg(toy_sft_checkpoint, tmp_path / "run", group_size=2)
-    cfg.algo.advantage, cfg.algo.stop_advantage = "grpo", "gae_expected"
+    with pytest.raises(ValueError, match="algo.stop.kl_coef=0.1: ppo_action does not train the stop"):
+        _cfg(toy_sft_checkpoint, tmp_path / "run", algo="ppo_action", stop_kl_coef=0.1)
+    with pytest.raises(ValueError, match="algo.stop.advantage=return: grpo_action does not train the stop"):
+        _cfg(toy_sft_checkpoint, tmp_path / "run", algo="grpo_action", group_size=2, stop_advantage="return")
     with pytest.raises(ValueError, match="algo.advantage=grpo has no critic"):
-        train_rl(cfg)
+        cfg = _cfg(toy_sft_checkpoint, tmp_path / "run", group_size=2, stop_advantage="gae_expected")
+        RLConfig(**{**cfg.__dict__, "algo": AlgoConfig(advantage="grpo", stop=cfg.algo.stop)})
 
 
 def test_stop_context_lets_lapo_give_two_tasks_opposite_lengths(toy_sft_checkpoint):
@@ -498,8 +516,8 @@ def test_stop_context_lets_lapo_give_two_tasks_opposite_lengths(toy_sft_checkpoi
     gaps: dict[bool, list[float]] = {True: [], False: []}
     for ctx in (True, False):
         for seed in (0, 1):
-            policy = LastR1Policy.from_pretrained(toy_sft_checkpoint).eval()
             cfg = _cfg(toy_sft_checkpoint, "unused", lr=1e-4, stop_lr=3e-3, seed=seed, stop_context=ctx)
+            policy = rl.load_policy(toy_sft_checkpoint, cfg)
             hist = train_stop_on_bandit(
                 policy, cfg, bandit, policy.encode_obs(pool), torch.from_numpy(pool.task), 30, 16,
                 policy.encode_obs(held), torch.from_numpy(held.task),
@@ -537,8 +555,8 @@ def test_a_nan_before_any_checkpoint_with_stop_context_rolls_back_to_a_zero_read
 
 
 def test_stop_context_is_refused_for_an_algorithm_that_does_not_train_the_stop(toy_sft_checkpoint, tmp_path):
-    with pytest.raises(ValueError, match="stop_context=true: ppo_action does not train the stop"):
-        train_rl(_cfg(toy_sft_checkpoint, tmp_path / "run", algo="ppo_action", stop_context=True))
+    with pytest.raises(ValueError, match="stop.context=true: ppo_action does not train the stop"):
+        _cfg(toy_sft_checkpoint, tmp_path / "run", algo="ppo_action", stop_context=True)
 
 
 def test_rl_with_stop_context_trains_the_readout_saves_it_and_resumes(toy_sft_checkpoint, tmp_path):

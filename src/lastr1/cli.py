@@ -1,7 +1,8 @@
-"""The ``lastr1`` command line: ``lastr1 <command> [--config FILE.yaml] [key=value ...]``.
+"""The ``lastr1`` command line: ``lastr1 <command> [preset=NAME] [--config FILE.yaml] [key=value ...]``.
 
 Each command is a typed dataclass config plus a ``run(cfg)`` function living in its own module;
-this file only routes. Modules are imported lazily so ``lastr1 --help`` is instant.
+this file only routes. A command module's ``SECTION`` names its section in the presets
+(``src/lastr1/presets/*.yaml``). Modules are imported lazily so ``lastr1 --help`` is instant.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from lastr1.config import ConfigError, load_config, to_dict
+from lastr1.config import ConfigError, load_config, preset_names, split_preset, to_dict
 
 
 @dataclass(frozen=True)
@@ -40,20 +41,37 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(help_for: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; ``help_for`` names the command whose ``--help`` lists every field."""
     parser = argparse.ArgumentParser(
         prog="lastr1",
         description="LaST-R1: latent reasoning VLA policies and LAPO RL post-training.",
-        epilog="Every command takes --config FILE.yaml and key=value overrides "
-        "(nested fields with dots, e.g. env.image_size=96); --print-config shows the result.",
+        epilog="Every command takes preset=NAME (one of the shipped presets, or a preset YAML's path), "
+        "--config FILE.yaml and key=value overrides (nested fields with dots, e.g. env.image_size=96), "
+        "applied in that order; --print-config shows the result, `lastr1 COMMAND --help` every field.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, cmd in COMMANDS.items():
-        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        p = sub.add_parser(
+            name,
+            help=cmd.help,
+            description=cmd.help,
+            epilog=_fields_epilog(name) if name == help_for else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("--config", help="YAML file with the command's fields", default=None)
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="field overrides")
     return parser
+
+
+def _fields_epilog(name: str) -> str | None:
+    """Every field of a command's config (only built for the command whose help is asked for)."""
+    from lastr1.config_help import help_text
+
+    module = importlib.import_module(COMMANDS[name].module)
+    presets = f"presets: {', '.join(preset_names())}\n" if getattr(module, "SECTION", None) else ""
+    return f"{presets}fields (key=value; type; default; meaning):\n{help_text(module.Config)}"
 
 
 def _split_flag_overrides(argv: list[str], aliases: dict[str, str]) -> list[str]:
@@ -93,13 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in COMMANDS:
         module = importlib.import_module(COMMANDS[argv[0]].module)
         argv = [argv[0], *_split_flag_overrides(argv[1:], getattr(module, "ALIASES", {}))]
-    parser = build_parser()
+    asks_help = bool(argv) and ("-h" in argv or "--help" in argv)
+    parser = build_parser(argv[0] if asks_help and module is not None else None)
     args = parser.parse_args(argv)
     if args.command is None or module is None:
         parser.print_help()
         return 0
     try:
-        cfg = load_config(module.Config, args.config, args.overrides)
+        preset, overrides = split_preset(args.overrides)
+        section = getattr(module, "SECTION", None)
+        if preset and section is None and hasattr(module.Config, "preset"):
+            overrides = [f"preset={preset}", *overrides]  # `lastr1 demo` runs a preset's stages itself
+            preset = None
+        cfg = load_config(module.Config, args.config, overrides, preset=preset, section=section)
     except ConfigError as exc:
         print(f"lastr1 {args.command}: config error: {exc}", file=sys.stderr)
         return 2

@@ -147,30 +147,102 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Load ``cls`` from an optional YAML file, then apply ``key=value`` overrides on top.
+def _read_yaml(p: Path, what: str) -> dict[str, Any]:
+    if not p.is_file():
+        raise ConfigError(f"{what}: file not found: {p}")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what}: {p} is not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what}: {p} must hold a mapping of fields at the top level")
+    return loaded
 
-    Defaults come from the dataclass, so an empty YAML is a valid config.
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    """The presets shipped with the package (``src/lastr1/presets/*.yaml``)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(preset: str) -> Path:
+    """A shipped preset's file by name, or a user's preset YAML by path."""
+    if preset in preset_names():
+        return PRESET_DIR / f"{preset}.yaml"
+    if preset.endswith((".yaml", ".yml")):
+        return Path(preset)
+    raise ConfigError(f"preset={preset!r} is unknown; use one of {preset_names()} or a path to a preset YAML")
+
+
+def load_preset(preset: str, section: str) -> dict[str, Any]:
+    """One command's section (``sft``, ``rl``, ``eval``, ...) of a preset, as a dict of fields.
+
+    A preset is one YAML file with a section per command; a top-level ``shared`` block holds YAML
+    anchors that sections reuse (``env: *env``) and is not a command's.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--config: file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config: {p} is not valid YAML: {exc}".splitlines()[0]) from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"--config: {p} must hold a mapping of fields at the top level")
-        data = loaded
+    data = _read_yaml(preset_path(preset), f"preset={preset}")
+    unknown = sorted(set(data) - {"shared", "sft", "rl", "eval", "make_demos", "demo"})
+    if unknown:
+        raise ConfigError(
+            f"preset={preset}: unknown sections {unknown}; a preset has sft, rl, eval, make_demos"
+        )
+    block = data.get(section) or {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"preset={preset}: section {section!r} must be a mapping of fields")
+    return block
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` → ``{"a": {"b": 1}, "c": "x"}`` (values read as YAML scalars)."""
     over: dict[str, Any] = {}
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value (e.g. env.image_size=96)")
         key, value = item.split("=", 1)
-        _set_path(over, key.strip(), yaml.safe_load(value) if value.strip() else value)
-    return from_dict(cls, _merge(data, over))
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            raise ConfigError(
+                f"{key.strip()}: {value!r} is not a valid value; quote it or use a plain number, word or list"
+            ) from None
+        _set_path(over, key.strip(), parsed)
+    return over
+
+
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    preset: str | None = None,
+    section: str | None = None,
+) -> T:
+    """Build ``cls`` from, in increasing priority: the dataclass defaults, a preset's ``section``,
+    an optional YAML file, and ``key=value`` overrides.
+
+    Defaults come from the dataclass, so an empty YAML is a valid config.
+    """
+    data: dict[str, Any] = {}
+    if preset:
+        if not section:
+            raise ConfigError(f"preset={preset}: this command takes no preset")
+        data = load_preset(preset, section)
+    if path is not None:
+        data = _merge(data, _read_yaml(Path(path), "--config"))
+    return from_dict(cls, _merge(data, parse_overrides(overrides)))
+
+
+def split_preset(overrides: list[str]) -> tuple[str | None, list[str]]:
+    """Take ``preset=NAME`` out of a command's ``key=value`` overrides."""
+    preset, rest = None, []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key.strip() == "preset":
+            preset = value.strip()
+        else:
+            rest.append(item)
+    return preset, rest
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

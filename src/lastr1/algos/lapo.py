@@ -3,10 +3,11 @@
 One clipped objective over the three things the policy decides per action chunk, all with the
 same advantages ``A`` (GAE from the value head by default):
 
-* action tokens: token-level PPO ratio ``r_a = π_new(a_j) / π_old(a_j)`` (j over the C·7 tokens);
+* action tokens: one ratio per decision ``r_a = Π_j π_new(a_j) / π_old(a_j)`` over its C·7 tokens
+  (``algo.action_ratio="sequence"``, the reference), or one per token (``"token"``);
 * the stop decision: ``r_e = π_new(stop = ℓ) / π_old(stop = ℓ)`` for the chosen candidate ℓ,
   under the same categorical it was sampled from (the reference uses the full-vocabulary logit);
-  with ``stop_advantage`` "gae_expected" or "return" its advantage uses a baseline that does not
+  with ``algo.stop.advantage`` "gae_expected" or "return" its advantage uses a baseline that does not
   depend on ℓ (``OldTerms.stop_advantages``, :func:`lastr1.algos.advantages.stop_baseline_shift`);
 * the latents: the stored rollout latents ``z`` are read as a Gaussian sample around the new
   latent mean ``μ`` with std ``σ``: ``r_z = exp(−Σ_k m_k ‖z_k − μ_k‖² / 2σ²)`` over the valid
@@ -18,7 +19,7 @@ Each ratio enters ``L(r) = max(−A·r, −A·clip(r, 1−ε_lo, 1+ε_hi))``, co
     L = w_a · (n·L_a + w_e·L_e) / (n + w_e) + w_z · L_z + c_v · L_value − c_H · H
 
 with ``n = C·7`` action tokens (so the stop is one more "token", weighted ``w_e``; ``w_e = 0`` on
-decisions that kept an earlier decision's stop, ``PolicyConfig.stop_scope="episode"``) and the clipped
+decisions that kept an earlier decision's stop, ``DecodeConfig.stop_scope="episode"``) and the clipped
 value loss ``0.5·max((v − R)², (v_clip − R)²)``. Reference weights: w_a = w_e = 1, w_z = 0.1.
 """
 

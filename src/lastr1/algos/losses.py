@@ -22,9 +22,22 @@ def clipped_surrogate(
 
 
 def action_token_loss(new: NewTerms, old: OldTerms, cfg: AlgoConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Token-level surrogate on the action tokens, averaged per decision -> ``(B,)``."""
+    """The clipped surrogate of the action tokens per decision -> ``(B,)``.
+
+    ``cfg.action_ratio="sequence"`` (the reference): one ratio per decision from the summed
+    log-prob of its C·7 tokens, so the whole chunk is clipped together. ``"token"``: one ratio per
+    token, each clipped alone, averaged per decision; a token whose ratio is clipped stops getting
+    gradient while the chunk's other tokens keep theirs.
+    """
     log_ratio = new.logp_action_tokens - old.logp_action_tokens
-    per_token, clipped = clipped_surrogate(log_ratio, old.advantages[:, None], cfg.clip_low, cfg.clip_high)
+    if cfg.action_ratio == "sequence":
+        log_ratio = log_ratio.sum(dim=1)
+        loss, clipped = clipped_surrogate(log_ratio, old.advantages, cfg.clip_low, cfg.clip_high)
+    else:
+        per_token, clipped = clipped_surrogate(
+            log_ratio, old.advantages[:, None], cfg.clip_low, cfg.clip_high
+        )
+        loss = per_token.mean(dim=1)
     with torch.no_grad():
         ratio = torch.exp(log_ratio)
         metrics = {
@@ -32,7 +45,7 @@ def action_token_loss(new: NewTerms, old: OldTerms, cfg: AlgoConfig) -> tuple[to
             "approx_kl": float(((ratio - 1) - log_ratio).mean()),
             "ratio_max": float(ratio.max()),
         }
-    return per_token.mean(dim=1), metrics
+    return loss, metrics
 
 
 def token_kl(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
@@ -77,13 +90,13 @@ def combine(
         kl = new.kl_ref.mean()
         total = total + cfg.kl_coef * kl
         metrics["kl_ref"] = kl.item()
-    if cfg.stop_kl_coef > 0:
+    if cfg.stop.kl_coef > 0:
         if new.stop_kl_ref is None:
-            raise ValueError("algo.stop_kl_coef > 0 needs NewTerms.stop_kl_ref (the trainer computes it)")
+            raise ValueError("algo.stop.kl_coef > 0 needs NewTerms.stop_kl_ref (the trainer computes it)")
         chose = new.stop_kl_ref if old.stop_mask is None else new.stop_kl_ref[old.stop_mask]
         # a minibatch without a stop choice (stop_scope "episode") adds zero, still in the graph
         stop_kl = chose.mean() if chose.numel() else new.stop_kl_ref.sum() * 0.0
-        total = total + cfg.stop_kl_coef * stop_kl
+        total = total + cfg.stop.kl_coef * stop_kl
         metrics["stop_kl_ref"] = stop_kl.item()
     if with_value:
         v_loss = value_loss(new, old, cfg)

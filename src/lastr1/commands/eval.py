@@ -27,6 +27,7 @@ from lastr1.envs.config import ENV_ALIASES
 from lastr1.envs.suites import list_tasks, resolve_suite
 from lastr1.eval.evaluate import evaluate, format_table, save_eval
 from lastr1.eval.scripted import ScriptedPolicy
+from lastr1.models.decode import DecodeConfig
 from lastr1.models.policy import LastR1Policy
 
 ALIASES = {
@@ -34,6 +35,7 @@ ALIASES = {
     "episodes": "episodes_per_task",
     "trials_per_task": "episodes_per_task",
 }
+SECTION = "eval"  # its section in the presets
 POLICIES = ("checkpoint", "expert")
 # the simulator stack whose versions decide whether LIBERO's fixed initial states load as published
 STACK = ("lastr1", "torch", "numpy", "mujoco", "robosuite", "libero", "metaworld")
@@ -50,11 +52,10 @@ class Config:
     out: str = ""  # default: <checkpoint>/eval (runs/eval-expert/<suite> for --policy expert)
     videos_per_task: int = 1
     seed: int = 0
-    # probes of the deterministic decode (PolicyConfig.force_latent_len / greedy_actions): a fixed
-    # reasoning length instead of the stop rule (0 = the stop rule), argmax or bin_mean actions
-    latent_len: int = 0
-    greedy_actions: str = "argmax"
-    stop_scope: str = ""  # PolicyConfig.stop_scope ("decision" | "episode"); "" = the checkpoint's
+    # how the checkpoint decodes (stop rule and scope, probes such as decode.force_latent_len);
+    # null = the checkpoint's own decode.json (what its RL run used); any decode.* key gives a whole
+    # decode config, its other fields at the reference defaults
+    decode: DecodeConfig | None = None
     threads: int = 1  # torch threads; >1 is much slower when another process keeps a core busy
     pipeline: int = 1  # slot groups taking turns (rollout.collect); checkpoint policies only
     progress: bool = True
@@ -80,7 +81,8 @@ def _protocol(cfg: Config, env: Any, policy: Any) -> dict[str, Any]:
         "trials_per_task": cfg.episodes_per_task,
         "max_steps": {t.name: t.max_steps for t in env.tasks},
         "image_size": cfg.env.image_size,
-        "actions": _decode_name(policy.config) if cfg.policy == "checkpoint" else "scripted expert",
+        "actions": _decode_name(policy.decode) if cfg.policy == "checkpoint" else "scripted expert",
+        "decode": dataclasses.asdict(policy.decode) if cfg.policy == "checkpoint" else None,
         "seed": cfg.seed,
         "pipeline": cfg.pipeline,
         "versions": stack_versions(),
@@ -93,8 +95,8 @@ def _protocol(cfg: Config, env: Any, policy: Any) -> dict[str, Any]:
     return proto
 
 
-def _decode_name(pc: Any) -> str:
-    """The greedy decode that ran, from the policy's (probe-adjusted) config."""
+def _decode_name(pc: DecodeConfig) -> str:
+    """The greedy decode that ran."""
     forced = pc.force_latent_len
     stop = f"reasoning length fixed at {forced}" if forced else "deterministic stop rule"
     if pc.stop_scope == "episode" and not forced:
@@ -119,17 +121,8 @@ def run(cfg: Config) -> int:
         env_cfg.tasks = [t.name for t in list_tasks("libero", resolve_suite(env_cfg))]
     policy: Any = None
     if cfg.policy == "checkpoint":
-        policy = LastR1Policy.from_pretrained(cfg.checkpoint).eval()
-        # replace() re-runs PolicyConfig's checks, so a bad probe value fails before any episode
-        try:
-            policy.config = dataclasses.replace(
-                policy.config,
-                force_latent_len=cfg.latent_len,
-                greedy_actions=cfg.greedy_actions,
-                stop_scope=cfg.stop_scope or policy.config.stop_scope,
-            )
-        except ValueError as err:  # name the eval fields the user set, not the policy's
-            raise ValueError(f"latent_len / greedy_actions / stop_scope: {err}") from None
+        # the decode is checked against the architecture here, before any episode runs
+        policy = LastR1Policy.from_pretrained(cfg.checkpoint, decode=cfg.decode).eval()
         if env_cfg.image_size != policy.config.image_size:
             print(f"note: using env.image_size={policy.config.image_size} to match the checkpoint")
             env_cfg.image_size = policy.config.image_size

@@ -36,6 +36,9 @@ ALIASES = {
 }
 
 
+SECTION = "make_demos"  # its section in the presets
+
+
 @dataclass
 class Config:
     """Which simulator/tasks, how many demos, where to write them."""

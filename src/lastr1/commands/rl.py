@@ -7,6 +7,7 @@ from lastr1.train.rl import RLConfig as Config
 from lastr1.train.rl import train_rl
 
 ALIASES = {**ENV_ALIASES, "algo": "algo.name"}
+SECTION = "rl"  # its section in the presets
 
 
 def run(cfg: Config) -> int:

@@ -6,6 +6,7 @@ from lastr1.train.sft import SFTConfig as Config
 from lastr1.train.sft import train_sft
 
 ALIASES = {"data_dir": "data"}
+SECTION = "sft"  # its section in the presets
 
 
 def run(cfg: Config) -> int:

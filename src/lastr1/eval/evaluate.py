@@ -20,6 +20,7 @@ from tqdm import tqdm
 from lastr1.envs.base import EpisodeSpec, VectorEnv
 from lastr1.eval.stats import wilson_interval
 from lastr1.eval.video import write_video
+from lastr1.models.decode import DecodeConfig
 from lastr1.rollout.collector import ActingPolicy, collect
 
 
@@ -35,6 +36,7 @@ def evaluate(
     mode: str = "greedy",
     seed: int = 0,
     pipeline: int = 1,
+    decode: DecodeConfig | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes_per_task`` episodes per task and summarise them (see module docstring)."""
     if episodes_per_task < 1:
@@ -68,6 +70,7 @@ def evaluate(
             generator=gen,
             record_frames=n if videos_dir else 0,
             pipeline=min(pipeline, n),
+            decode=decode,
         )
         per_episode = roll.episode_latent_len()
         for i, spec in enumerate(batch[:real]):

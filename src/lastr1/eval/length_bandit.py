@@ -63,9 +63,9 @@ def length_summary(policy: LastR1Policy, inputs: PolicyInputs, task: torch.Tenso
     lengths = torch.tensor(policy.layout.candidate_lengths(), dtype=torch.float32)
     with torch.no_grad():
         logits = policy.act(inputs, mode="greedy").stop_logits
-    probs = torch.softmax(logits / policy.config.stop_temperature, dim=-1)
+    probs = torch.softmax(logits / policy.decode.stop_temperature, dim=-1)
     expected = probs @ lengths
-    index, _ = choose_stop(logits, "greedy", 1.0, policy.config.eval_stop_threshold)
+    index, _ = choose_stop(logits, "greedy", 1.0, policy.decode.eval_stop_threshold)
     greedy = lengths[index]
     rows = [task == t for t in range(num_tasks)]
     return {
@@ -88,8 +88,8 @@ def train_stop_on_bandit(
     anchor: LastR1Policy | None = None,
 ) -> list[dict]:
     """``iterations`` of: draw ``per_task`` first observations per task from ``pool``, sample act, draw
-    success from ``bandit`` at the chosen stop, whiten the rewards, run the trainer's update. The
-    policy first gets ``cfg``'s rollout settings (:func:`lastr1.train.rl.prepare_policy`).
+    success from ``bandit`` at the chosen stop, whiten the rewards, run the trainer's update. Load the
+    policy with :func:`lastr1.train.rl.load_policy` so it has ``cfg``'s decode and stop readout.
 
     Returns one :func:`length_summary` on ``eval_inputs`` per iteration (index 0 = before training),
     each with the batch's mean success. The policy is trained in place.
@@ -104,10 +104,9 @@ def train_stop_on_bandit(
         raise ValueError(
             f"pool task ids go up to {int(pool_task.max())} but the bandit has {num_tasks} tasks"
         )
-    if (cfg.algo.kl_coef > 0 or cfg.algo.stop_kl_coef > 0) and anchor is None:
-        raise ValueError("algo.kl_coef / algo.stop_kl_coef > 0 needs the frozen starting policy as anchor")
-    rl.prepare_policy(policy, cfg)  # temperatures, stop context, detached value head: as train_rl
-    if cfg.stop_context:  # centred on the pool's start states, as train_rl centres on its first batch
+    if (cfg.algo.kl_coef > 0 or cfg.algo.stop.kl_coef > 0) and anchor is None:
+        raise ValueError("algo.kl_coef / algo.stop.kl_coef > 0 needs the frozen starting policy as anchor")
+    if cfg.algo.stop.context:  # centred on the pool's start states, as train_rl centres on its first batch
         policy.fit_stop_context_center(pool)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = rl.make_optimizer(policy, cfg)
@@ -123,7 +122,7 @@ def train_stop_on_bandit(
         p = bandit.success[pool_task[pick], out.stop_index]
         reward = (torch.rand(p.shape, generator=gen) < p).float()
         mask = torch.ones_like(reward, dtype=torch.bool)
-        groups = pool_task[pick] if cfg.algo.whiten_per_task else None
+        groups = pool_task[pick] if cfg.experimental.whiten_per_task else None
         adv = whiten(reward, mask, groups)
         ret = reward * cfg.algo.success_reward
         old = OldTerms(adv, ret, out.value, out.logp_tokens, out.logp_stop, out.latents, out.latent_mask)

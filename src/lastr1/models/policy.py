@@ -28,6 +28,7 @@ from lastr1.models.backbones import (
     TinyConfig,
     TinyTransformer,
 )
+from lastr1.models.decode import DECODE_FILE, DecodeConfig, split_legacy_config
 from lastr1.models.latent import DecodeStream, SequenceLayout, choose_stop, sample_tokens
 from lastr1.models.policy_io import ActionOutput, LogProbs, PolicyBatch, PolicyInputs, SFTOutputs
 
@@ -36,9 +37,12 @@ WEIGHTS_FILE = "model.safetensors"
 STATS_FILE = "dataset_statistics.json"
 
 
-@dataclass
+@dataclass(frozen=True)
 class PolicyConfig:
-    """Architecture and decoding settings; reference (LaST-R1 LIBERO) values where they apply."""
+    """What the weights need: the architecture, frozen. Decoding lives in :class:`DecodeConfig`.
+
+    Reference (LaST-R1 LIBERO) values where they apply.
+    """
 
     image_size: int = 64
     num_views: int = 1
@@ -54,33 +58,18 @@ class PolicyConfig:
     dropout: float = 0.0
     k_max: int = 8  # latent slots; 0 = no latents and no stop decision
     latent_group: int = 2  # a stop candidate after every `latent_group` latents
-    stop_temperature: float = 1.6
-    eval_stop_threshold: float = 0.99  # greedy: first candidate whose hazard p_j / sum_{i>=j} p_i >= this
-    # evaluation probes (both act modes; RL refuses them for algorithms that train the stop):
-    # a fixed reasoning length instead of the stop decision (0 = the stop decides), and the greedy
-    # action decode: the argmax bin (reference) or the bin nearest the distribution's mean
-    force_latent_len: int = 0
-    greedy_actions: Literal["argmax", "bin_mean"] = "argmax"
-    # "decision" (reference): the stop is chosen at every action chunk. "episode": it is chosen at an
-    # episode's first decision and kept (the collector passes it back), so one stop decision decides
-    # the whole episode's reasoning length and RL credits it with the whole outcome (docs/rl.md)
-    stop_scope: Literal["decision", "episode"] = "decision"
     # add a per-candidate linear readout of the context state (the hidden state at <latent_start>)
-    # to every candidate's stop logit. The reference scores each candidate with one shared head on the
-    # hidden state there; candidate logits then differ only by how the state moved between latent
-    # steps, which on a small backbone carries too little task information for RL to give tasks
-    # different lengths (docs/rl.md, length bandit). Zero-initialised: enabling it (RLConfig
-    # stop_context) leaves a checkpoint's stop distribution unchanged until RL trains it
+    # to every candidate's stop logit (experimental: RL's algo.stop.context adds it, zero-initialised,
+    # so a checkpoint's stop distribution is unchanged until RL trains it; docs/rl.md)
     stop_context: bool = False
-    latent_noise_std: float = 0.0  # Gaussian noise on fed-back latents when sampling (reference: 0)
     chunk: int = 8
     action_dim: int = 7
     num_bins: int = 256
     decoding: Literal["parallel", "autoregressive"] = "parallel"
     action_slot_embedding: Literal["learned", "zero"] = "learned"  # reference: zero
-    action_temperature: float = 1.6
     value_hidden: tuple[int, ...] = (512, 256, 128)
-    target_dim: int = 0  # latent_proj output size for the alignment loss; 0 = no projection
+    # latent_proj output size for the alignment loss; 0 = no projection (the latent itself is aligned)
+    target_dim: int = 0
     binarize_gripper: bool = True
     normalize_mask: tuple[bool, ...] = ()  # empty = every dim but the gripper (last)
 
@@ -89,36 +78,25 @@ class PolicyConfig:
             (self.k_max >= 0, f"k_max={self.k_max} must be >= 0"),
             (self.latent_group >= 1, f"latent_group={self.latent_group} must be >= 1"),
             (self.k_max % self.latent_group == 0, f"k_max={self.k_max} must be a multiple of latent_group"),
-            (self.stop_temperature > 0, f"stop_temperature={self.stop_temperature} must be > 0"),
-            (self.action_temperature > 0, f"action_temperature={self.action_temperature} must be > 0"),
             (self.decoding in ("parallel", "autoregressive"), f"decoding={self.decoding!r} is unknown"),
             (self.action_slot_embedding in ("learned", "zero"), "action_slot_embedding must be learned|zero"),
             (self.use_proprio is False or self.proprio_dim > 0, "use_proprio needs proprio_dim > 0"),
             (self.image_size >= 8 and self.num_views >= 1, "image_size must be >= 8 and num_views >= 1"),
             (self.target_dim >= 0, f"target_dim={self.target_dim} must be >= 0"),
             (
-                self.force_latent_len == 0
-                or (
-                    0 < self.force_latent_len <= self.k_max and self.force_latent_len % self.latent_group == 0
-                ),
-                f"force_latent_len={self.force_latent_len} must be 0 (the stop decides) or a reasoning "
-                f"length the stop could choose: a multiple of latent_group={self.latent_group} up to "
-                f"k_max={self.k_max}",
+                self.d_model > 0 and self.n_layers > 0 and self.n_heads > 0,
+                "d_model, n_layers, n_heads must be > 0",
             ),
             (
-                self.stop_scope in ("decision", "episode"),
-                f"stop_scope={self.stop_scope!r} must be 'decision' (reference) or 'episode'",
-            ),
-            (
-                self.greedy_actions in ("argmax", "bin_mean"),
-                f"greedy_actions={self.greedy_actions!r} must be 'argmax' or 'bin_mean'",
+                self.chunk > 0 and self.action_dim > 0 and self.num_bins > 1,
+                "chunk, action_dim > 0, num_bins > 1",
             ),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"PolicyConfig: {msg}")
-        self.value_hidden = tuple(int(h) for h in self.value_hidden)
-        self.normalize_mask = tuple(bool(m) for m in self.normalize_mask)
+        object.__setattr__(self, "value_hidden", tuple(int(h) for h in self.value_hidden))
+        object.__setattr__(self, "normalize_mask", tuple(bool(m) for m in self.normalize_mask))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -146,9 +124,16 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 class LastR1Policy(nn.Module):
     """LaST-R1 policy on the tiny CPU backbone. ``stats`` is ``dataset_statistics.json`` (None: identity)."""
 
-    def __init__(self, config: PolicyConfig | None = None, stats: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        config: PolicyConfig | None = None,
+        stats: dict[str, Any] | None = None,
+        decode: DecodeConfig | None = None,
+    ) -> None:
         super().__init__()
         cfg = self.config = config or PolicyConfig()
+        self.decode = decode or DecodeConfig()  # the default for act(); saved as decode.json
+        self.decode.check_for(cfg.k_max, cfg.latent_group)
         self.stats = _jsonable(stats) if stats is not None else identity_action_stats(cfg.action_dim)
         self.tokenizer = ActionTokenizer(
             self.stats,
@@ -187,17 +172,15 @@ class LastR1Policy(nn.Module):
         self.stop_head = nn.Linear(d, 1) if cfg.k_max > 0 else None
         self.stop_context_head: nn.Linear | None = None
         if cfg.stop_context:
-            self.enable_stop_context()
+            self._add_stop_context()
         self.action_head = nn.Linear(d, cfg.num_bins)
         self.value_head = _mlp([d, *cfg.value_hidden, 1])
-        # a training-time switch (RLConfig.value_trains_backbone), not part of the saved config
-        self.value_detached = False
         self.latent_proj = nn.Linear(d, cfg.target_dim) if cfg.target_dim > 0 else None
         for module in (self.text_embed, self.action_token_embed):
             if module is not None:
                 nn.init.normal_(module.weight, std=0.02)
 
-    def enable_stop_context(self) -> None:
+    def _add_stop_context(self) -> None:
         """Add the zero-initialised context readout of the stop (``PolicyConfig.stop_context``)."""
         if self.stop_head is None:
             raise ValueError("stop_context needs k_max > 0: a policy without latents has no stop decision")
@@ -209,8 +192,6 @@ class LastR1Policy(nn.Module):
             self.stop_context_head = head
             # the readout reads <latent_start> minus this centre (fit_stop_context_center); zero = uncentred
             self.register_buffer("stop_context_center", torch.zeros_like(self.stop_head.weight[0]))
-        if not self.config.stop_context:
-            self.config = dataclasses.replace(self.config, stop_context=True)
 
     @torch.no_grad()
     def fit_stop_context_center(self, inputs: PolicyInputs) -> bool:
@@ -316,15 +297,15 @@ class LastR1Policy(nn.Module):
 
     def _candidate_values(self, chain: torch.Tensor) -> torch.Tensor:
         """The value head at every stop candidate's ``<latent_end>`` ``(B, num_candidates)``: what the
-        critic expects for each reasoning length (the stop's baseline, ``AlgoConfig.stop_advantage``)."""
+        critic expects for each reasoning length (the stop's baseline, ``StopConfig.advantage``)."""
         if self.stop_head is None:
             return chain.new_zeros(chain.shape[0], 0)
         idx = torch.tensor(self.layout.candidate_lengths(), device=chain.device)
         return self.value_head(chain[:, idx]).squeeze(-1)
 
-    def _value(self, chain: torch.Tensor, latent_len: torch.Tensor) -> torch.Tensor:
+    def _value(self, chain: torch.Tensor, latent_len: torch.Tensor, detach: bool = False) -> torch.Tensor:
         h = chain[torch.arange(chain.shape[0], device=chain.device), latent_len]
-        if self.value_detached:  # the critic reads the features but does not shape them
+        if detach:  # the critic reads the features but does not shape them
             h = h.detach()
         return self.value_head(h).squeeze(-1)
 
@@ -379,6 +360,7 @@ class LastR1Policy(nn.Module):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         keep_stop: torch.Tensor | None = None,
+        decode: DecodeConfig | None = None,
     ) -> ActionOutput:
         """Reason, choose the length, decode an action chunk.
 
@@ -386,26 +368,30 @@ class LastR1Policy(nn.Module):
         All ``k_max`` latent steps always run (the stop categorical needs every candidate's logit);
         ``use_cache=False`` recomputes the whole sequence per step (the latency baseline).
         ``keep_stop`` ``(B,)``: stop candidates chosen earlier (``stop_scope="episode"``), used instead
-        of a new choice and marked ``stop_chosen=False``.
+        of a new choice and marked ``stop_chosen=False``. ``decode`` replaces the policy's default
+        :class:`DecodeConfig` for this call.
         """
         if mode not in ("sample", "greedy"):
             raise ValueError(f"act mode={mode!r} must be 'sample' or 'greedy'")
         cfg, lay = self.config, self.layout
+        dec = decode or self.decode
+        if decode is not None:
+            dec.check_for(cfg.k_max, cfg.latent_group)
         inputs = obs.to(self.device) if isinstance(obs, PolicyInputs) else self.encode_obs(obs)
         b = len(inputs)
-        a_temp = cfg.action_temperature if mode == "sample" else 1.0
-        s_temp = cfg.stop_temperature if mode == "sample" else 1.0
+        a_temp = dec.action_temperature if mode == "sample" else 1.0
+        s_temp = dec.stop_temperature if mode == "sample" else 1.0
         stream, h_prefix = self._open_stream(inputs, use_cache)
-        noise = cfg.latent_noise_std if mode == "sample" else 0.0
+        noise = dec.latent_noise_std if mode == "sample" else 0.0
         latents, chain = self._run_latents(stream, h_prefix, noise, generator)
         stop_logits = self._stop_logits(chain)
         if lay.k_max:
-            stop_index, logp_stop = choose_stop(stop_logits, mode, s_temp, cfg.eval_stop_threshold, generator)
-            if cfg.force_latent_len:
-                stop_index = torch.full_like(stop_index, cfg.force_latent_len // lay.latent_group - 1)
+            stop_index, logp_stop = choose_stop(stop_logits, mode, s_temp, dec.eval_stop_threshold, generator)
+            if dec.force_latent_len:
+                stop_index = torch.full_like(stop_index, dec.force_latent_len // lay.latent_group - 1)
             elif keep_stop is not None:
                 stop_index = keep_stop.to(stop_index)
-            if cfg.force_latent_len or keep_stop is not None:
+            if dec.force_latent_len or keep_stop is not None:
                 logp_stop = (
                     F.log_softmax(stop_logits / s_temp, dim=-1).gather(1, stop_index[:, None]).squeeze(1)
                 )
@@ -415,7 +401,7 @@ class LastR1Policy(nn.Module):
                 h_prefix.new_zeros(b),
             )
         latent_len = lay.latent_len(stop_index)
-        tok_mode = "mean" if mode == "greedy" and cfg.greedy_actions == "bin_mean" else mode
+        tok_mode = "mean" if mode == "greedy" and dec.greedy_actions == "bin_mean" else mode
         if cfg.decoding == "parallel":
             hidden = stream.feed(self._action_inputs(b, None), latent_len)
             tokens, logp_tokens = sample_tokens(self.action_head(hidden), tok_mode, a_temp, generator)
@@ -447,7 +433,7 @@ class LastR1Policy(nn.Module):
             action_temperature=torch.full((b,), a_temp, device=h_prefix.device),
             stop_temperature=torch.full((b,), s_temp, device=h_prefix.device),
             stop_chosen=torch.full(
-                (b,), keep_stop is None and not cfg.force_latent_len and lay.k_max > 0, device=h_prefix.device
+                (b,), keep_stop is None and not dec.force_latent_len and lay.k_max > 0, device=h_prefix.device
             ),
             inputs=inputs,
         )
@@ -472,8 +458,11 @@ class LastR1Policy(nn.Module):
         hidden = stream.feed(seq, latent_len)
         return hidden[:, lay.n_prefix - 1 : lay.action_begin], hidden[:, lay.action_begin :]
 
-    def log_probs(self, batch: PolicyBatch) -> LogProbs:
-        """Re-score stored decisions teacher-forced on the stored latents, in one batched forward."""
+    def log_probs(self, batch: PolicyBatch, detach_value: bool = False) -> LogProbs:
+        """Re-score stored decisions teacher-forced on the stored latents, in one batched forward.
+
+        ``detach_value``: the value head reads the features without its loss shaping them (the
+        reference lets it train the backbone; ``RLConfig.value_trains_backbone``)."""
         stop_index = batch.stop_index.long()
         latent_len = self.layout.latent_len(stop_index)
         tokens = batch.action_tokens.long()
@@ -494,7 +483,7 @@ class LastR1Policy(nn.Module):
             logp_stop=logp_stop,
             mu=chain[:, :-1],
             latent_mask=self._latent_mask(latent_len),
-            value=self._value(chain, latent_len),
+            value=self._value(chain, latent_len, detach_value),
             entropy=entropy,
             stop_logits=stop_logits,
             action_logp_all=logp_all,
@@ -543,10 +532,26 @@ class LastR1Policy(nn.Module):
             value=self._value(chain, latent_len),
         )
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by role, so an optimizer gives each its own learning rate without
+        reaching into the modules: ``policy`` (everything that acts and reasons), ``value`` (the
+        critic head), ``stop`` (the ``<latent_end>`` scorer and its context readout)."""
+        value = list(self.value_head.parameters())
+        stop = [
+            p
+            for head in (self.stop_head, self.stop_context_head)
+            if head is not None
+            for p in head.parameters()
+        ]
+        taken = {id(p) for p in value + stop}
+        main = [p for p in self.parameters() if id(p) not in taken and p.requires_grad]
+        return {"policy": main, "value": value, "stop": stop}
+
     # ------------------------------------------------------------------ persistence
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors``, ``config.json`` and ``dataset_statistics.json`` to ``directory``."""
+        """Write ``model.safetensors``, ``config.json`` (architecture), ``decode.json`` (the default
+        decoding) and ``dataset_statistics.json`` to ``directory``."""
         from safetensors.torch import save_file
 
         path = Path(directory)
@@ -554,12 +559,23 @@ class LastR1Policy(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(path / WEIGHTS_FILE))
         (path / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
+        (path / DECODE_FILE).write_text(json.dumps(dataclasses.asdict(self.decode), indent=2))
         (path / STATS_FILE).write_text(json.dumps(self.stats, indent=2))
         return path
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> LastR1Policy:
-        """Rebuild a policy saved by :meth:`save_pretrained`."""
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        device: str | torch.device = "cpu",
+        decode: DecodeConfig | None = None,
+        stop_context: bool = False,
+    ) -> LastR1Policy:
+        """Rebuild a policy saved by :meth:`save_pretrained`.
+
+        ``decode`` replaces the saved default decoding (``decode.json``; older checkpoints kept it in
+        ``config.json``). ``stop_context`` adds the stop's zero-initialised context readout if the
+        checkpoint has none (``algo.stop.context``), leaving its stop distribution unchanged."""
         from safetensors.torch import load_file
 
         from lastr1.config import from_dict
@@ -575,17 +591,31 @@ class LastR1Policy(nn.Module):
                 f"policy folder {str(path)!r} is incomplete: missing {missing}; re-save the policy"
             )
         try:
-            config = from_dict(PolicyConfig, json.loads((path / CONFIG_FILE).read_text()), prefix="policy")
+            arch, legacy = split_legacy_config(json.loads((path / CONFIG_FILE).read_text()))
+            if stop_context:
+                arch["stop_context"] = True  # the readout starts at zero: the distribution is unchanged
+            config = from_dict(PolicyConfig, arch, prefix="policy")
+            if (path / DECODE_FILE).is_file():
+                saved = from_dict(DecodeConfig, json.loads((path / DECODE_FILE).read_text()), prefix="decode")
+            else:
+                saved = from_dict(DecodeConfig, legacy, prefix="decode")
+                if legacy:
+                    print(
+                        f"note: {path / CONFIG_FILE} predates decode.json; its decoding keys "
+                        f"({', '.join(sorted(legacy))}) were read as the policy's default decode"
+                    )
             stats = json.loads((path / STATS_FILE).read_text())
         except (json.JSONDecodeError, ValueError) as exc:
             raise ValueError(f"cannot read policy folder {str(path)!r}: {exc}") from None
-        policy = cls(config, stats)
+        policy = cls(config, stats, decode or saved)
         try:
             result = policy.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=False)
         except RuntimeError as exc:  # shape mismatches
             raise ValueError(f"{path / WEIGHTS_FILE} does not match config.json: {exc}") from None
-        # readouts saved before the centre existed read the state uncentred, as the zero centre does
-        missing = [k for k in result.missing_keys if k != "stop_context_center"]
+        # readouts saved before the centre existed read the state uncentred, as the zero centre does;
+        # a readout added by ``stop_context`` starts at zero
+        added = {"stop_context_center"} | ({"stop_context_head.weight"} if stop_context else set())
+        missing = [k for k in result.missing_keys if k not in added]
         if missing or result.unexpected_keys:
             raise ValueError(
                 f"{path / WEIGHTS_FILE} does not match config.json: missing {missing[:5]}, "

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from lastr1.envs.base import EpisodeSpec, Observation, VectorEnv
+from lastr1.models.decode import DecodeConfig
 
 
 class ActingPolicy(Protocol):
@@ -95,6 +96,7 @@ def collect(
     group: list[int] | None = None,
     on_decision: Callable[[int], None] | None = None,
     pipeline: int = 1,
+    decode: DecodeConfig | None = None,
 ) -> Rollout:
     """Run one episode in every slot of ``env`` from ``episodes`` and return the padded rollout.
 
@@ -109,6 +111,8 @@ def collect(
             ``EnvConfig(vector="async", workers=...)`` leaving a core free this hides most of the
             policy's time (``benchmarks/rollout_throughput.py``). The episodes are the same; the
             batches, and so the sampling stream, differ from ``pipeline=1``.
+        decode: how the policy decodes (temperatures, stop scope, probes); None = the policy's own
+            default (``policy.decode``).
     """
     n = env.num_envs
     if len(episodes) != n:
@@ -127,7 +131,9 @@ def collect(
     per_slot: list[list[tuple[int, float, int, float]]] = [[] for _ in range(n)]  # (row, reward, len, value)
     row = 0
     # stop_scope "episode": each slot's first stop candidate, kept for the episode (-1: not chosen yet)
-    per_episode = getattr(getattr(policy, "config", None), "stop_scope", "decision") == "episode"
+    dec = decode or getattr(policy, "decode", None)
+    per_episode = getattr(dec, "stop_scope", "decision") == "episode"
+    extra = {"decode": decode} if decode is not None else {}
     kept = torch.full((n,), -1, dtype=torch.long)
     in_flight: deque[tuple[np.ndarray, Any, int]] = deque()  # (slots, policy output, first row)
 
@@ -138,9 +144,9 @@ def collect(
         keep = kept[slots] if per_episode and bool((kept[slots] >= 0).all()) else None
         with torch.no_grad():
             if keep is None:
-                out = policy.act(obs.select(slots), mode=mode, generator=generator)
+                out = policy.act(obs.select(slots), mode=mode, generator=generator, **extra)
             else:
-                out = policy.act(obs.select(slots), mode=mode, generator=generator, keep_stop=keep)
+                out = policy.act(obs.select(slots), mode=mode, generator=generator, keep_stop=keep, **extra)
         t_policy += time.perf_counter() - t1
         if per_episode and keep is None:  # a group's slots start together: all choose now
             kept[slots] = out.stop_index.cpu()

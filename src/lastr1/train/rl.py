@@ -7,7 +7,6 @@ Rollouts use only ``train`` initial states; periodic evaluation uses the disjoin
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from lastr1.envs import EnvConfig, EpisodeSpec, make_env
 from lastr1.envs.base import VectorEnv
 from lastr1.envs.suites import rollout_max_steps
 from lastr1.eval.evaluate import eval_file, evaluate, format_table, save_eval
+from lastr1.models.decode import DecodeConfig
 from lastr1.models.policy import LastR1Policy
 from lastr1.models.policy_io import ActionOutput, PolicyBatch
 from lastr1.rollout.collector import Rollout, collect, merge_rollouts
@@ -43,49 +43,53 @@ from lastr1.train.metrics import MetricsLogger
 
 
 @dataclass
+class RLExperimental:
+    """Options our measurements found to change nothing on the tasks tried (docs/experiments/).
+
+    Kept so earlier runs can be reproduced; not part of any preset.
+    """
+
+    # remove the advantage mean per task instead of per batch (see advantages.whiten)
+    whiten_per_task: bool = False
+    # ramp the policy lr linearly over the first N optimizer updates (0 = none)
+    lr_warmup_updates: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lr_warmup_updates < 0:
+            raise ValueError(
+                f"experimental.lr_warmup_updates={self.lr_warmup_updates} must be >= 0 (0 = no warm-up)"
+            )
+
+
+@dataclass
 class RLConfig:
-    """``lastr1 rl``: defaults follow the reference where they fit a CPU (see LASTR1_FACTS.md)."""
+    """``lastr1 rl``: defaults are the LaST-R1 reference recipe at CPU sizes (presets/reference.yaml)."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    # how rollouts sample (temperatures, stop scope) and evaluations decode greedily; saved beside
+    # the trained weights as decode.json, so `lastr1 eval` decodes the way RL trained
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
     checkpoint: str = ""  # the SFT warm-up checkpoint to start from
     out: str = "runs/rl"
     iterations: int = 20
     rollouts_per_iter: int = 16  # episodes per iteration (multiple of env.num_envs)
-    group_size: int = 1  # rollouts per initial state (GRPO needs >= 2)
+    # rollouts per initial state for group-relative (GRPO) advantages; GAE runs draw one rollout per
+    # start (the reference), whatever this says
+    group_size: int = 8
     minibatches: int = 4
     epochs: int = 1
     lr: float = 3e-5
     value_lr: float = 3e-4
-    # learning rate of the stop head (the <latent_end> scorer); 0 = lr, the reference's single policy
-    # lr. Adam moves the 129-parameter head ~lr per step whatever the loss weight, too little for the
-    # reasoning length to move in a CPU budget (docs/rl.md); a larger step lets it adapt
-    stop_lr: float = 0.0
     # the reference lets the value loss train the shared backbone; False detaches the value head's
-    # input so only the policy loss shapes the features (docs/rl.md: on our small policy the critic's
-    # backbone gradient is of the same order as the policy's)
+    # input so only the policy loss shapes the features (docs/rl.md)
     value_trains_backbone: bool = True
-    # first N iterations train only the value head (the rollouts still count): a freshly initialised
-    # critic otherwise pushes large gradients through the shared backbone on the first updates
-    critic_warmup: int = 0
-    # ramp the policy lr linearly over the first N optimizer updates: Adam's first steps move every
-    # parameter by ~lr whatever the gradient's size, which made the first update the largest (KL spike)
-    lr_warmup_updates: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 10.0
-    action_temperature: float = 1.6
-    stop_temperature: float = 1.6
-    latent_noise_std: float = -1.0  # < 0 keeps the checkpoint's value
-    # PolicyConfig.stop_scope for rollouts, evaluations and the saved policy: "decision" (reference),
-    # "episode" (one stop per episode, docs/rl.md); "" keeps the checkpoint's
-    stop_scope: str = ""
-    # add the policy's zero-initialised per-candidate context readout to the stop (PolicyConfig
-    # stop_context) before RL, so tasks can get different reasoning lengths (docs/rl.md, length bandit)
-    stop_context: bool = False
     eval_every: int = 5  # iterations; 0 = only at the end
     eval_episodes_per_task: int = 10
     eval_at_start: bool = True  # evaluate the starting checkpoint as iteration 0 (the "before" number)
-    # also evaluate the sampled policy (the rollout temperatures; the one RL optimises) at every
+    # also evaluate the sampled policy (the rollout decode; the one RL optimises) at every
     # evaluation, to evals/sampled_XXXXX.json and the eval_sampled_* metrics
     eval_sampled: bool = False
     eval_videos: bool = False  # write the first episode per task of every evaluation to evals/videos_<it>
@@ -100,44 +104,86 @@ class RLConfig:
     # (rollout.collect); pays off with env.vector=async and env.workers below the core count
     pipeline: int = 1
     progress: bool = True
+    experimental: RLExperimental = field(default_factory=RLExperimental)
 
     def __post_init__(self) -> None:
+        positive = {
+            "iterations": self.iterations,
+            "rollouts_per_iter": self.rollouts_per_iter,
+            "group_size": self.group_size,
+            "minibatches": self.minibatches,
+            "epochs": self.epochs,
+            "eval_episodes_per_task": self.eval_episodes_per_task,
+            "threads": self.threads,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name}={value} must be >= 1")
+        for name in ("lr", "value_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be > 0")
+        for name in ("weight_decay", "eval_every", "max_env_steps", "rollout_max_steps", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if not 1 <= self.pipeline <= self.env.num_envs:
             raise ValueError(
                 f"pipeline={self.pipeline} must be in [1, env.num_envs={self.env.num_envs}] (1 = no overlap)"
             )
-        if self.group_size < 1:
-            raise ValueError(f"group_size={self.group_size}: must be >= 1 (rollouts per initial state)")
-        if self.rollouts_per_iter < 1 or self.rollouts_per_iter % self.group_size:
+        if self.rollouts_per_iter % self.env.num_envs:
             raise ValueError(
-                f"rollouts_per_iter={self.rollouts_per_iter} must be a positive multiple of "
-                f"group_size={self.group_size}"
+                f"rollouts_per_iter={self.rollouts_per_iter} must be a multiple of env.num_envs={self.env.num_envs}"
             )
-        if self.minibatches < 1 or self.epochs < 1:
-            raise ValueError("minibatches and epochs must be >= 1")
-        if self.rollout_max_steps < 0:
-            raise ValueError(f"rollout_max_steps={self.rollout_max_steps} must be >= 0 (0 = the backend's)")
-        if self.lr_warmup_updates < 0:
-            raise ValueError(f"lr_warmup_updates={self.lr_warmup_updates} must be >= 0 (0 = no warm-up)")
-        if self.stop_lr < 0:
-            raise ValueError(f"stop_lr={self.stop_lr} must be >= 0 (0 = the policy lr)")
+        if self.rollouts_per_iter % self.rollouts_per_start:
+            raise ValueError(
+                f"rollouts_per_iter={self.rollouts_per_iter} must be a multiple of group_size={self.group_size} "
+                "(group-relative advantages draw group_size rollouts per initial state)"
+            )
+        if self.advantage_kind == "grpo" and self.group_size < 2:
+            raise ValueError("group_size: group-relative advantages need >= 2 rollouts per initial state")
+        algo = get_algorithm(self.algo.name)
+        for option, off in self.algo.stop.options_in_use():  # read lazily: stand-in algorithms in tests
+            if not algo.trains_reasoning:
+                raise ValueError(
+                    f"{option}: {self.algo.name} does not train the stop; use algo.name=lapo or {off}"
+                )
+        if self.algo.stop.advantage != "gae" and self.advantage_kind != "gae":
+            raise ValueError(
+                f"algo.stop.advantage={self.algo.stop.advantage} replaces the critic's baseline, but "
+                f"algo.advantage={self.advantage_kind} has no critic; use algo.advantage=gae or stop.advantage=gae"
+            )
+        if self.decode.force_latent_len and algo.trains_reasoning:
+            raise ValueError(
+                f"decode.force_latent_len={self.decode.force_latent_len} is an evaluation probe: "
+                f"{self.algo.name} trains the stop on lengths it samples; set it to 0"
+            )
+
+    @property
+    def advantage_kind(self) -> str:
+        """``gae`` or ``grpo``: the configured estimator, or the algorithm's default."""
+        return self.algo.advantage or get_algorithm(self.algo.name).default_advantage
+
+    @property
+    def rollouts_per_start(self) -> int:
+        """Rollouts drawn from each initial state: ``group_size`` for group advantages, else 1."""
+        return self.group_size if self.advantage_kind == "grpo" else 1
 
     @property
     def stop_head_lr(self) -> float:
-        """The stop head's learning rate: ``stop_lr``, or the policy ``lr`` when it is 0."""
-        return self.stop_lr or self.lr
+        """The stop head's learning rate: ``algo.stop.lr``, or the policy ``lr`` when it is 0."""
+        return self.algo.stop.lr or self.lr
 
 
 def _train_episodes(cfg: RLConfig, env: VectorEnv, iteration: int) -> tuple[list[EpisodeSpec], list[int]]:
     """This iteration's training starts: tasks round-robin, random train indices, each repeated per group."""
     rng = np.random.default_rng([cfg.seed, iteration])
-    starts = cfg.rollouts_per_iter // cfg.group_size
+    per_start = cfg.rollouts_per_start
+    starts = cfg.rollouts_per_iter // per_start
     budgets = [cfg.rollout_max_steps or rollout_max_steps(cfg.env, t) for t in env.tasks]
     specs, groups = [], []
     for g in range(starts):
         task = g % len(env.tasks)
         index = int(rng.integers(env.num_init_states(task, "train")))
-        for _ in range(cfg.group_size):
+        for _ in range(per_start):
             specs.append(EpisodeSpec(task, "train", index, max_steps=budgets[task]))
             groups.append(g)
     return specs, groups
@@ -147,15 +193,15 @@ def _advantages(
     cfg: RLConfig, algo_adv: str, roll: Rollout
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(N, T) advantages and returns for the chosen estimator, and the stop's advantages where
-    ``algo.stop_advantage`` makes them differ (GAE only: group advantages have no critic)."""
+    ``algo.stop.advantage`` makes them differ (GAE only: group advantages have no critic)."""
     stop_adv = None
     if algo_adv == "gae":
         adv, ret = gae(roll.rewards, roll.values, roll.mask, cfg.algo.gamma, cfg.algo.lam)
         out: ActionOutput = roll.out
-        if cfg.algo.stop_advantage != "gae" and out.candidate_values.shape[1]:
+        if cfg.algo.stop.advantage != "gae" and out.candidate_values.shape[1]:
             probs = torch.softmax(out.stop_logits / out.stop_temperature[:, None], dim=-1)
             shift = stop_baseline_shift(out.value, out.candidate_values, probs)[roll.index.clamp_min(0)]
-            if cfg.algo.stop_advantage == "gae_expected":  # V(s, ℓ) → V̄(s) in the first TD error
+            if cfg.algo.stop.advantage == "gae_expected":  # V(s, ℓ) → V̄(s) in the first TD error
                 stop_adv = adv + shift * roll.mask
             else:  # "return": G − V̄(s), nothing bootstrapped from the critic's later V(s', ℓ)
                 g = discounted_returns(roll.rewards, roll.mask, cfg.algo.gamma)
@@ -164,7 +210,7 @@ def _advantages(
         adv = grpo(roll.rewards, roll.mask, roll.group)
         ret = adv.clone()
     if cfg.algo.whiten_advantages and algo_adv == "gae":
-        mean, scale = whitening(adv, roll.mask, roll.task if cfg.algo.whiten_per_task else None)
+        mean, scale = whitening(adv, roll.mask, roll.task if cfg.experimental.whiten_per_task else None)
         m = roll.mask.to(adv.dtype)
         adv, stop_adv = [None if a is None else (a - mean) * scale * m for a in (adv, stop_adv)]
     return adv, ret, stop_adv
@@ -189,32 +235,35 @@ def old_terms(
     )
 
 
+def group_lrs(cfg: RLConfig) -> dict[str, float]:
+    """The learning rate of each of the policy's named parameter groups."""
+    return {"policy": cfg.lr, "value": cfg.value_lr, "stop": cfg.stop_head_lr}
+
+
 def make_optimizer(policy: LastR1Policy, cfg: RLConfig) -> torch.optim.Optimizer:
-    """AdamW with three parameter groups: 0 the policy, 1 the value head, 2 the stop head."""
-    value_params = list(policy.value_head.parameters())
-    stop_params = [
-        p
-        for head in (policy.stop_head, policy.stop_context_head)
-        if head is not None
-        for p in head.parameters()
+    """AdamW over the policy's named parameter groups (``policy``, ``value``, ``stop``), each with its
+    own learning rate; the groups carry their names, so nothing addresses them by position."""
+    lrs = group_lrs(cfg)
+    groups = [
+        {"name": name, "params": params, "lr": lrs[name]}
+        for name, params in policy.parameter_groups().items()
     ]
-    ids = {id(p) for p in value_params + stop_params}
-    main = [p for p in policy.parameters() if id(p) not in ids and p.requires_grad]
-    return torch.optim.AdamW(
-        [
-            {"params": main, "lr": cfg.lr},
-            {"params": value_params, "lr": cfg.value_lr},
-            {"params": stop_params, "lr": cfg.stop_head_lr},
-        ],
-        weight_decay=cfg.weight_decay,
-    )
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+
+
+def param_group(opt: torch.optim.Optimizer, name: str) -> dict[str, Any]:
+    """The optimizer's parameter group called ``name``."""
+    for group in opt.param_groups:
+        if group.get("name") == name:
+            return group
+    raise KeyError(f"optimizer has no parameter group {name!r}")
 
 
 def _warmup_factor(opt: torch.optim.Optimizer, warmup: int) -> float:
     """Linear lr ramp for the policy group, counted from the optimizer's own step (so resume keeps it)."""
     if warmup <= 0:
         return 1.0
-    params = opt.param_groups[0]["params"]
+    params = param_group(opt, "policy")["params"]
     state = opt.state.get(params[0], {}) if params else {}
     done = int(state["step"]) if "step" in state else 0
     return min(1.0, (done + 1) / warmup)
@@ -231,7 +280,7 @@ def update_policy(
 ) -> dict[str, float]:
     """K epochs of minibatch updates; raises FloatingPointError on a non-finite loss or gradient norm.
 
-    ``anchor`` (the frozen starting policy) is needed when ``algo.kl_coef`` or ``algo.stop_kl_coef``
+    ``anchor`` (the frozen starting policy) is needed when ``algo.kl_coef`` or ``algo.stop.kl_coef``
     is > 0. The bad minibatch is not applied, but earlier minibatches of this call already were: the
     caller must roll the policy back to its last good weights.
     """
@@ -245,14 +294,14 @@ def update_policy(
         perm = torch.randperm(n, generator=gen)
         for mb in perm.chunk(min(cfg.minibatches, n)):
             batch = PolicyBatch.from_act(out.index(mb))
-            lp = policy.log_probs(batch)
+            lp = policy.log_probs(batch, detach_value=not cfg.value_trains_backbone)
             kl_ref = stop_kl_ref = None
             if anchor is not None:
                 with torch.no_grad():
                     ref = anchor.log_probs(batch)
                 if cfg.algo.kl_coef > 0:
                     kl_ref = token_kl(lp.action_logp_all, ref.action_logp_all)
-                if cfg.algo.stop_kl_coef > 0:
+                if cfg.algo.stop.kl_coef > 0:
                     stop_kl_ref = stop_kl(lp.stop_logits, ref.stop_logits, batch.stop_temperature)
             new = NewTerms(lp.logp_tokens, lp.logp_stop, lp.mu, lp.value, lp.entropy, kl_ref, stop_kl_ref)
             loss, metrics = algo.loss(new, old.index(mb), cfg.algo)
@@ -260,16 +309,12 @@ def update_policy(
                 raise FloatingPointError(f"non-finite loss ({loss.item()}) in the {cfg.algo.name} update")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if it <= cfg.critic_warmup:
-                for group in (opt.param_groups[0], opt.param_groups[2]):  # all but the value head
-                    for p in group["params"]:
-                        p.grad = None  # AdamW skips parameters without a gradient
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             if not torch.isfinite(grad_norm):
                 raise FloatingPointError("non-finite gradient norm in the update")
-            ramp = _warmup_factor(opt, cfg.lr_warmup_updates)
-            opt.param_groups[0]["lr"] = cfg.lr * ramp
-            opt.param_groups[2]["lr"] = cfg.stop_head_lr * ramp
+            ramp = _warmup_factor(opt, cfg.experimental.lr_warmup_updates)
+            param_group(opt, "policy")["lr"] = cfg.lr * ramp
+            param_group(opt, "stop")["lr"] = cfg.stop_head_lr * ramp
             opt.step()
             metrics["grad_norm"] = float(grad_norm)
             for k, v in metrics.items():
@@ -313,39 +358,10 @@ def _save(
     return mgr.save(state["iteration"], write)
 
 
-def prepare_policy(policy: LastR1Policy, cfg: RLConfig) -> LastR1Policy:
-    """Apply the RL run's rollout settings to a loaded policy (in place; returned in eval mode):
-    temperatures, latent noise, stop scope, the stop context readout, the detached value head."""
-    policy.config.action_temperature = cfg.action_temperature
-    policy.config.stop_temperature = cfg.stop_temperature
-    if cfg.latent_noise_std >= 0:
-        policy.config.latent_noise_std = cfg.latent_noise_std
-    if cfg.stop_scope:  # replace() re-runs PolicyConfig's checks on the value
-        policy.config = dataclasses.replace(policy.config, stop_scope=cfg.stop_scope)
-    # options that act only on the stop's training, and the value that switches each off
-    stop_options = {
-        "stop_context=true": (cfg.stop_context, "false"),
-        f"algo.stop_kl_coef={cfg.algo.stop_kl_coef}": (cfg.algo.stop_kl_coef > 0, "0"),
-        f"algo.stop_advantage={cfg.algo.stop_advantage}": (cfg.algo.stop_advantage != "gae", "gae"),
-    }
-    for option, (used, off) in stop_options.items():
-        if used and not get_algorithm(cfg.algo.name).trains_reasoning:
-            raise ValueError(f"{option}: {cfg.algo.name} does not train the stop; use algo=lapo or {off}")
-    if cfg.stop_context:
-        policy.enable_stop_context()
-    adv_kind = cfg.algo.advantage or get_algorithm(cfg.algo.name).default_advantage
-    if cfg.algo.stop_advantage != "gae" and adv_kind != "gae":
-        raise ValueError(
-            f"algo.stop_advantage={cfg.algo.stop_advantage} replaces the critic's baseline, but "
-            f"algo.advantage={adv_kind} has no critic; use algo.advantage=gae or stop_advantage=gae"
-        )
-    policy.value_detached = not cfg.value_trains_backbone
-    if policy.config.force_latent_len and get_algorithm(cfg.algo.name).trains_reasoning:
-        raise ValueError(
-            f"the policy forces its reasoning length (policy.force_latent_len={policy.config.force_latent_len}), "
-            f"an evaluation probe: {cfg.algo.name} trains the stop on lengths it samples; set it to 0"
-        )
-    return policy.eval()
+def load_policy(path: str | Path, cfg: RLConfig) -> LastR1Policy:
+    """A checkpoint as this RL run acts with it: the run's decode (saved with every checkpoint it
+    writes) and, with ``algo.stop.context``, the stop's zero-initialised context readout."""
+    return LastR1Policy.from_pretrained(path, decode=cfg.decode, stop_context=cfg.algo.stop.context).eval()
 
 
 def train_rl(cfg: RLConfig) -> dict[str, Any]:
@@ -357,14 +373,14 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     if latest is None and not cfg.checkpoint:
         raise ValueError("checkpoint: give the SFT checkpoint to start RL from (checkpoint=runs/.../final)")
     source = latest / "policy" if latest is not None else Path(cfg.checkpoint)
-    policy = prepare_policy(LastR1Policy.from_pretrained(source), cfg)
+    policy = load_policy(source, cfg)
     anchor = None
-    if cfg.algo.kl_coef > 0 or cfg.algo.stop_kl_coef > 0:  # the anchor is RL's start, also after a resume
+    if cfg.algo.kl_coef > 0 or cfg.algo.stop.kl_coef > 0:  # the anchor is RL's start, also after a resume
         if not cfg.checkpoint:
             raise ValueError(
-                "algo.kl_coef / algo.stop_kl_coef > 0: give checkpoint=, the starting policy the KL anchors to"
+                "algo.kl_coef / algo.stop.kl_coef > 0: give checkpoint=, the starting policy the KL anchors to"
             )
-        anchor = LastR1Policy.from_pretrained(cfg.checkpoint).eval().requires_grad_(False)
+        anchor = load_policy(cfg.checkpoint, cfg).requires_grad_(False)
     opt = make_optimizer(policy, cfg)
     state: dict[str, Any] = {"iteration": 0, "env_steps": 0, "last_eval": None}
     if latest is not None:
@@ -374,15 +390,8 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     logger = MetricsLogger(out_dir, resume_step=state["iteration"] if latest is not None else None)
-    algo = get_algorithm(cfg.algo.name)
-    adv_kind = cfg.algo.advantage or algo.default_advantage
-    if adv_kind == "grpo" and cfg.group_size < 2:
-        raise ValueError("group-relative advantages need group_size >= 2 rollouts per initial state")
+    adv_kind = cfg.advantage_kind
     env = make_env(cfg.env)
-    if cfg.rollouts_per_iter % env.num_envs:
-        raise ValueError(
-            f"rollouts_per_iter={cfg.rollouts_per_iter} must be a multiple of env.num_envs={env.num_envs}"
-        )
     if cfg.eval_at_start and state["iteration"] == 0 and state["last_eval"] is None:
         state["last_eval"] = _evaluate(cfg, policy, env, out_dir, 0, logger, state)
     bar = tqdm(
@@ -414,7 +423,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             t_collect = time.perf_counter() - t0
             adv, ret, stop_adv = _advantages(cfg, adv_kind, roll)
             old = old_terms(roll, adv, ret, stop_adv)
-            if cfg.stop_context:  # a fresh readout is centred on this batch's start states, once
+            if cfg.algo.stop.context:  # a fresh readout is centred on this batch's start states, once
                 policy.fit_stop_context_center(roll.out.inputs.index(roll.index[:, 0]))
             t1 = time.perf_counter()
             try:
@@ -428,10 +437,8 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                 state["stopped"] = str(exc)
                 # earlier minibatches of this iteration were applied: roll back so `final` is the last good policy
                 restore = good / "policy" if good is not None else source
-                # prepare_policy: the starting checkpoint gets the run's (zero) stop context readout too
-                policy.load_state_dict(
-                    prepare_policy(LastR1Policy.from_pretrained(restore), cfg).state_dict()
-                )
+                # load_policy: the starting checkpoint gets the run's (zero) stop context readout too
+                policy.load_state_dict(load_policy(restore, cfg).state_dict())
                 break
             t_update = time.perf_counter() - t1
             steps = int(roll.env_steps.sum())

@@ -6,7 +6,10 @@ Per sample (one decision step t of a demo):
   cross-entropy over the C·7 parallel action slots;
 * a reasoning length L is drawn (uniformly from the stop candidates, as the reference warm-up
   does, or fixed per task from config); the model runs its own Coconut latent chain and the first
-  L latents are aligned to the teacher's future-frame targets with ``(1 − cos) + MSE`` (weight λ);
+  L latents are aligned to the teacher's future-frame targets (weight λ) with ``1 − cos`` (the
+  reference, ``latent_loss=cos``) or ``(1 − cos) + MSE`` (``cos_mse``). A latent is aligned itself
+  when the target is as wide as the model (``d_model``: e.g. DINOv2 features reduced by top-k
+  channels, the paper's choice), else through a learned linear projection;
   the action slots only see those L latents;
 * the stop head learns to pick L (cross-entropy over the candidates, weight ``stop_weight``).
 
@@ -54,6 +57,8 @@ class SFTConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     latent_weight: float = 1.0  # λ; 0 trains latents only through the action loss
+    # "cos": 1 − cos(z, z*) (the reference); "cos_mse": (1 − cos) + MSE (our earlier default)
+    latent_loss: Literal["cos", "cos_mse"] = "cos"
     stop_weight: float = 0.1
     # "uniform": L drawn uniformly from the stop candidates per sample (reference warm-up);
     # "per_task": L from target_lengths ("task=L" items), default_target_len for the rest.
@@ -66,6 +71,27 @@ class SFTConfig:
     threads: int = 1  # torch threads; >1 is much slower when another process keeps a core busy
     resume: bool = True
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr} must be > 0")
+        for name in (
+            "warmup_steps",
+            "weight_decay",
+            "grad_clip",
+            "latent_weight",
+            "stop_weight",
+            "augment_shift",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if self.latent_loss not in ("cos", "cos_mse"):
+            raise ValueError(f"latent_loss={self.latent_loss!r} must be 'cos' (reference) or 'cos_mse'")
 
 
 @dataclass
@@ -183,8 +209,8 @@ def sft_loss(
             target = data.targets[idx][:, : pred.shape[1]]
             mask = out.latent_mask.float()
             cos = 1 - F.cosine_similarity(pred, target, dim=-1)
-            mse = ((pred - target) ** 2).mean(-1)
-            align = ((cos + mse) * mask).sum() / mask.sum().clamp_min(1)
+            per_slot = cos + ((pred - target) ** 2).mean(-1) if cfg.latent_loss == "cos_mse" else cos
+            align = (per_slot * mask).sum() / mask.sum().clamp_min(1)
             loss = loss + cfg.latent_weight * align
             metrics["latent_cos"] = ((cos * mask).sum() / mask.sum().clamp_min(1)).item()
             metrics["latent_align"] = align.item()
@@ -223,7 +249,9 @@ def train_sft(cfg: SFTConfig) -> Path:
         teacher = dataclasses.replace(cfg.teacher, k_max=pcfg.k_max)
         cache = compute_dataset_latent_targets(cfg.data, teacher, progress=cfg.progress)
         targets = [cache.targets(i) for i in range(len(dataset))]
-        pcfg.target_dim = int(targets[0].shape[-1])
+        width = int(targets[0].shape[-1])
+        # as wide as the model: align the latent itself (the reference); else a learned projection
+        pcfg = dataclasses.replace(pcfg, target_dim=0 if width == pcfg.d_model else width)
     out_dir = Path(cfg.out)
     mgr = CheckpointManager(out_dir / "checkpoints")
     latest = mgr.latest() if cfg.resume else None
