@@ -14,8 +14,13 @@ also sampled at each fixed length: whether the reasoning length matters to the p
 per task, which is what LAPO's stop term can learn), and prints success per task with the episodes
 counted (95 % Wilson interval on the overall rate).
 
+Every row decodes with the checkpoint's own decode (its ``decode.json``: an RL checkpoint's is its
+rollout decode) with ``decode.*`` overrides on top; here the demo RL's rollout decode on its SFT
+checkpoint::
+
     MUJOCO_GL=egl PYTHONPATH=src python benchmarks/decoding_probe.py \\
-        --checkpoint runs/demo-default/sft/final --episodes 10
+        --checkpoint runs/demo/sft/final --episodes 10 \\
+        decode.action_temperature=0.5 decode.stop_scope=episode
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
 
+from lastr1.config import ConfigError, from_dict, parse_overrides
 from lastr1.envs import EnvConfig, make_env
 from lastr1.eval.evaluate import evaluate
 from lastr1.eval.stats import wilson_interval
+from lastr1.models.decode import DecodeConfig
 from lastr1.models.policy import LastR1Policy
 
 
@@ -49,35 +56,48 @@ def _args() -> argparse.Namespace:
     p.add_argument("--num-envs", type=int, default=4)
     p.add_argument("--action-decodes", default="argmax,bin_mean", help="greedy rows; '' = none")
     p.add_argument("--lengths", default="", help="fixed lengths to probe (default: every stop candidate)")
-    p.add_argument("--action-temperature", type=float, default=1.0, help="sampled row (demo RL: 1.0)")
-    p.add_argument("--stop-temperature", type=float, default=1.6, help="sampled row (reference: 1.6)")
     p.add_argument(
         "--sampled-lengths", action="store_true", help="also sample at each fixed length, not only the stop"
     )
-    p.add_argument("--stop-scope", default="", help="PolicyConfig.stop_scope; '' = the checkpoint's")
     p.add_argument("--out", default="", help="write every result to this JSON file")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="decode.key=value",
+        help="decode settings over the checkpoint's decode.json (e.g. decode.action_temperature=0.5)",
+    )
     return p.parse_args()
+
+
+def checkpoint_decode(policy: LastR1Policy, overrides: list[str]) -> DecodeConfig:
+    """The checkpoint's own decode (``policy.decode``) with the ``decode.*`` overrides on top."""
+    try:
+        over = parse_overrides(overrides)
+        extra = over.pop("decode", {})
+        if over or not isinstance(extra, dict):
+            raise ConfigError(
+                f"only decode.* overrides apply here (e.g. decode.stop_scope=episode), got {overrides}"
+            )
+        return from_dict(DecodeConfig, {**dataclasses.asdict(policy.decode), **extra}, prefix="decode")
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def main() -> None:
     a = _args()
     torch.set_num_threads(1)
     policy = LastR1Policy.from_pretrained(a.checkpoint).eval()
-    base = policy.config
-    if a.stop_scope:
-        base = dataclasses.replace(base, stop_scope=a.stop_scope)
+    base = checkpoint_decode(policy, a.overrides)
     lengths = [int(x) for x in a.lengths.split(",")] if a.lengths else policy.layout.candidate_lengths()
-    rows: list[tuple[str, str, Any]] = []  # (name, act mode, config)
-    for decode in filter(None, a.action_decodes.split(",")):
-        rows.append((f"{decode}, stop rule", "greedy", dataclasses.replace(base, greedy_actions=decode)))
+    rows: list[tuple[str, str, DecodeConfig]] = []  # (name, act mode, decode)
+    for actions in filter(None, a.action_decodes.split(",")):
+        rows.append((f"{actions}, stop rule", "greedy", dataclasses.replace(base, greedy_actions=actions)))
         for length in lengths:
-            cfg = dataclasses.replace(base, greedy_actions=decode, force_latent_len=length)
-            rows.append((f"{decode}, length {length}", "greedy", cfg))
-    sampled = dataclasses.replace(
-        base, action_temperature=a.action_temperature, stop_temperature=a.stop_temperature
-    )
-    temps = f"T {a.action_temperature:g}"
-    rows.append((f"sampled ({temps} / stop {a.stop_temperature:g})", "sample", sampled))
+            decode = dataclasses.replace(base, greedy_actions=actions, force_latent_len=length)
+            rows.append((f"{actions}, length {length}", "greedy", decode))
+    sampled = base  # at the decode's rollout temperatures
+    temps = f"T {sampled.action_temperature:g}"
+    rows.append((f"sampled ({temps} / stop {sampled.stop_temperature:g})", "sample", sampled))
     if a.sampled_lengths:
         for length in lengths:
             rows.append(
@@ -91,7 +111,7 @@ def main() -> None:
         backend="metaworld",
         tasks=a.tasks.split(","),
         num_envs=a.num_envs,
-        image_size=base.image_size,
+        image_size=policy.config.image_size,
         max_steps=a.max_steps,
         vector="sync",
         placement_scale=a.placement_scale,
@@ -102,9 +122,9 @@ def main() -> None:
     head = f"{'decode':30s} " + " ".join(f"{t[:14]:>14s}" for t in tasks)
     print(head + f" {'overall [95% CI]':>22s} {'latent len':>10s}", flush=True)
     with make_env(env_cfg) as env:
-        for name, mode, cfg in rows:
-            policy.config = cfg
-            res = evaluate(policy, env, a.episodes, mode=mode, seed=0)  # a bar per row: minutes each
+        for name, mode, decode in rows:
+            # a bar per row: minutes each
+            res = evaluate(policy, env, a.episodes, mode=mode, seed=0, decode=decode)
             results[name] = res
             n, rate = res["episodes"], res["success_rate"]
             lo, hi = wilson_interval(round(rate * n), n)

@@ -22,13 +22,18 @@ members of the episode's group as its baseline. Episodes of one group are not in
 estimator then treats each group's summed gradient as one sample and divides its signal²/noise² by
 ``G``: the table is per episode of budget either way, so the two baselines compare directly.
 
+The episodes are sampled with the checkpoint's own decode (its ``decode.json``) with ``decode.*``
+overrides on top; here the demo RL's rollout decode on its SFT checkpoint::
+
     MUJOCO_GL=egl PYTHONPATH=src python benchmarks/gradient_agreement.py \\
-        --checkpoint runs/demo-default/sft/final --episodes 64 [--group-size 8]
+        --checkpoint runs/demo/sft/final --episodes 64 [--group-size 8] \\
+        decode.action_temperature=0.5 decode.stop_scope=episode
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -40,7 +45,9 @@ import torch
 from tqdm import tqdm
 
 from lastr1.algos import AlgoConfig, NewTerms, get_algorithm
+from lastr1.config import ConfigError, from_dict, parse_overrides
 from lastr1.envs import EnvConfig, EpisodeSpec, make_env
+from lastr1.models.decode import DecodeConfig
 from lastr1.models.policy import LastR1Policy
 from lastr1.models.policy_io import PolicyBatch
 from lastr1.rollout.collector import Rollout, collect, merge_rollouts
@@ -53,17 +60,35 @@ def _args() -> argparse.Namespace:
     p.add_argument("--tasks", default="reach-v3,button-press-topdown-v3,drawer-open-v3,drawer-close-v3")
     p.add_argument("--episodes", type=int, default=64, help="episodes collected (a multiple of 2 × tasks)")
     p.add_argument("--algo", default="lapo", choices=["lapo", "ppo_action", "grpo_action"])
-    p.add_argument("--action-temperature", type=float, default=1.0)
-    p.add_argument("--stop-temperature", type=float, default=1.6)
     p.add_argument("--placement-scale", type=float, default=0.3)
     p.add_argument("--max-steps", type=int, default=200)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--group-size", type=int, default=1, help="episodes per start (1: task baseline)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="decode.key=value",
+        help="decode settings over the checkpoint's decode.json (e.g. decode.action_temperature=0.5)",
+    )
     return p.parse_args()
 
 
-def _collect(a: argparse.Namespace, policy: LastR1Policy) -> Rollout:
+def checkpoint_decode(policy: LastR1Policy, overrides: list[str]) -> DecodeConfig:
+    """The checkpoint's own decode (``policy.decode``) with the ``decode.*`` overrides on top."""
+    try:
+        over = parse_overrides(overrides)
+        extra = over.pop("decode", {})
+        if over or not isinstance(extra, dict):
+            raise ConfigError(
+                f"only decode.* overrides apply here (e.g. decode.stop_scope=episode), got {overrides}"
+            )
+        return from_dict(DecodeConfig, {**dataclasses.asdict(policy.decode), **extra}, prefix="decode")
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def _collect(a: argparse.Namespace, policy: LastR1Policy, decode: DecodeConfig) -> Rollout:
     tasks = a.tasks.split(",")
     g = a.group_size
     if g < 1 or a.episodes % (g * len(tasks)) or a.episodes // g < 2 * len(tasks):
@@ -89,7 +114,7 @@ def _collect(a: argparse.Namespace, policy: LastR1Policy) -> Rollout:
             specs += [EpisodeSpec(t, "train", int(rng.integers(env.num_init_states(t, "train"))))] * g
         n = env.num_envs
         for r in tqdm(range(0, len(specs), n), desc="collect", unit="round"):
-            rounds.append(collect(env, policy, specs[r : r + n], mode="sample", generator=gen))
+            rounds.append(collect(env, policy, specs[r : r + n], mode="sample", generator=gen, decode=decode))
     return merge_rollouts(rounds)
 
 
@@ -114,9 +139,7 @@ def main() -> None:
     a = _args()
     torch.set_num_threads(1)
     policy = LastR1Policy.from_pretrained(a.checkpoint).eval()
-    policy.config.action_temperature = a.action_temperature
-    policy.config.stop_temperature = a.stop_temperature
-    roll = _collect(a, policy)
+    roll = _collect(a, policy, checkpoint_decode(policy, a.overrides))
     success = roll.success.float()
     g = a.group_size
     adv = _advantages(roll, g)[:, None] * roll.mask

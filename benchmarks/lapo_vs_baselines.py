@@ -7,15 +7,19 @@ checkpoint, collects the same number of rollouts per iteration for the same numb
 ``eval`` initial states. The "before" number is that checkpoint's evaluation: greedy once, sampled
 once per seed with the run's sampling seed, so each Δ is a paired difference.
 
-    MUJOCO_GL=egl PYTHONPATH=src python benchmarks/lapo_vs_baselines.py \\
-        --checkpoint runs/demo-default/sft/final --tasks reach-v3,drawer-open-v3 --seeds 0,1,2
+The RL setting is a preset's ``rl`` section (default ``preset=demo``) plus ``key=value``
+overrides, read by the same loader as ``lastr1 rl``; the flags are only about the benchmark::
 
-Prints a table (success before/after with a 95 % interval over seeds, latent length before/after,
-env steps, wall time), each task's reasoning length in the training rollouts, and each task's stop
-distribution on the first observations of its ``eval`` starts (expected sampled length before and
-after, and how far it sits from the other tasks'). Every number goes to ``<out>/results.json``; the
-runs themselves stay in ``<out>/<algo>/seed<k>`` (metrics.jsonl, evals, checkpoints) for the
-learning-curve plot.
+    MUJOCO_GL=egl PYTHONPATH=src python benchmarks/lapo_vs_baselines.py \\
+        --checkpoint runs/demo/sft/final --seeds 0,1,2 --jobs 2 preset=demo env.vector=sync
+
+The stop's LAPO-only options (``algo.stop.kl_coef``, ``.advantage``, ``.context``) reach LAPO only;
+the baselines keep the rest of the setting. Prints a table (success before/after with a 95 %
+interval over seeds, latent length before/after, env steps, wall time), each task's reasoning length
+in the training rollouts, and each task's stop distribution on the first observations of its
+``eval`` starts (expected sampled length before and after, and how far it sits from the other
+tasks'). Every number goes to ``<out>/results.json``; the runs themselves stay in
+``<out>/<algo>/seed<k>`` (metrics.jsonl, evals, checkpoints) for the learning-curve plot.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch
 from tqdm import tqdm
 
-from lastr1.algos import AlgoConfig
-from lastr1.envs import EnvConfig, make_env
+from lastr1.algos import get_algorithm
+from lastr1.config import load_config, split_preset
+from lastr1.envs import make_env
 from lastr1.envs.base import Observation
 from lastr1.eval.evaluate import eval_files, evaluate, save_eval
 from lastr1.eval.length_bandit import first_observations, length_summary
@@ -45,83 +50,19 @@ from lastr1.eval.report import plot_learning_curve, plot_task_lengths, task_leng
 from lastr1.eval.stats import t_interval
 from lastr1.models.policy import LastR1Policy
 from lastr1.train.metrics import read_metrics
-from lastr1.train.rl import RLConfig, train_rl
+from lastr1.train.rl import RLConfig, load_policy, train_rl
 
 ALGOS = ("lapo", "ppo_action", "grpo_action")
-# greedy: the reference protocol; sample: the stochastic policy RL optimises, at the rollout temperatures
+# greedy: the reference protocol; sample: the stochastic policy RL optimises, at the rollout decode
 MODES = ("greedy", "sample")
+DEFAULT_PRESET = "demo"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="SFT checkpoint every algorithm starts from")
-    p.add_argument("--tasks", default="reach-v3,button-press-topdown-v3,drawer-open-v3,drawer-close-v3")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--algos", default=",".join(ALGOS))
-    p.add_argument("--iterations", type=int, default=10)
-    p.add_argument("--rollouts-per-iter", type=int, default=64)
-    p.add_argument(
-        "--group-size", type=int, default=2, help="rollouts per initial state for group-relative advantages"
-    )
-    p.add_argument(
-        "--lapo-advantage",
-        default="gae",
-        choices=["gae", "grpo"],
-        help="LAPO's advantage estimator (gae: the reference; grpo: --group-size rollouts per start)",
-    )
-    p.add_argument("--num-envs", type=int, default=4)
-    p.add_argument("--max-steps", type=int, default=200)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument(
-        "--placement-scale", type=float, default=0.3, help="Meta-World placement ranges x this (demo: 0.3)"
-    )
-    p.add_argument("--vector", default="async", choices=["sync", "async"])
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="async simulator processes (env.workers; 0 = one per env slot)",
-    )
-    p.add_argument(
-        "--pipeline",
-        type=int,
-        default=1,
-        help="env groups stepping while the policy acts on another (RLConfig.pipeline; 1 = no overlap)",
-    )
-    p.add_argument("--eval-episodes", type=int, default=10, help="per task, on the eval initial states")
-    p.add_argument(
-        "--eval-every",
-        type=int,
-        default=0,
-        help="also evaluate every N iterations (learning curves); 0 = at the end",
-    )
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--epochs", type=int, default=1, help="passes over each iteration's rollouts")
-    p.add_argument("--minibatches", type=int, default=4)
-    p.add_argument("--critic-warmup", type=int, default=0, help="iterations that train only the value head")
-    p.add_argument(
-        "--lr-warmup", type=int, default=0, help="optimizer updates over which the policy lr ramps up"
-    )
-    p.add_argument("--action-temperature", type=float, default=1.0)
-    p.add_argument(
-        "--attach-value",
-        action="store_true",
-        help="let the value loss train the shared backbone (the reference; RLConfig.value_trains_backbone)",
-    )
-    p.add_argument("--stop-lr", type=float, default=0.0, help="stop-head lr (RLConfig.stop_lr; 0 = --lr)")
-    p.add_argument("--kl-coef", type=float, default=0.0, help="KL to the starting policy (algo.kl_coef)")
-    p.add_argument(
-        "--stop-kl-coef",
-        type=float,
-        default=0.0,
-        help="LAPO only: KL of the stop to the starting policy's (algo.stop_kl_coef)",
-    )
-    p.add_argument(
-        "--stop-advantage",
-        default=AlgoConfig.stop_advantage,
-        choices=["gae", "gae_expected", "return"],
-        help="LAPO only: the stop's advantage (algo.stop_advantage; gae = the reference)",
-    )
     p.add_argument(
         "--stop-probe",
         type=int,
@@ -129,40 +70,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="eval starts per task whose first observation measures the stop distribution (0 = skip)",
     )
     p.add_argument(
-        "--w-latent",
-        type=float,
-        default=AlgoConfig.w_latent,
-        help="LAPO latent weight (reference 0.1; 0 = ablation)",
-    )
-    p.add_argument(
-        "--stop-scope",
-        default="decision",
-        choices=["decision", "episode"],
-        help="stop chosen per action chunk (reference) or once per episode (PolicyConfig.stop_scope); "
-        "applies to every algorithm and to the SFT 'before' evaluation",
-    )
-    p.add_argument(
-        "--latent-sigma",
-        type=float,
-        default=AlgoConfig.latent_sigma,
-        help="LAPO latent ratio's σ (reference 10)",
-    )
-    p.add_argument("--w-end", type=float, default=AlgoConfig.w_end, help="LAPO stop weight (reference 1)")
-    p.add_argument(
-        "--jobs", type=int, default=1, help="runs in parallel worker processes (use --vector sync with > 1)"
-    )
-    p.add_argument(
-        "--whiten-per-task",
-        action="store_true",
-        help="centre advantages per task (AlgoConfig.whiten_per_task)",
-    )
-    p.add_argument(
-        "--stop-context",
-        action="store_true",
-        help="LAPO only: add the zero-initialised per-task context readout to the stop (RLConfig.stop_context)",
+        "--jobs", type=int, default=1, help="runs in parallel worker processes (use env.vector=sync with > 1)"
     )
     p.add_argument("--out", default="runs/lapo_vs_baselines")
-    return p.parse_args(argv)
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help=f"preset=NAME (default {DEFAULT_PRESET}) and RL config overrides, as for `lastr1 rl`",
+    )
+    a = p.parse_args(argv)
+    preset, a.overrides = split_preset(a.overrides)
+    a.preset = preset or DEFAULT_PRESET
+    return a
 
 
 def _summary(res: dict[str, Any]) -> dict[str, Any]:
@@ -179,72 +99,54 @@ def _summary(res: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _stop_lengths(policy_dir: Path | str, probe: Observation | None) -> dict[str, Any] | None:
+def _stop_lengths(policy_dir: Path | str, cfg: RLConfig, probe: Observation | None) -> dict[str, Any] | None:
     """Per task, the expected sampled reasoning length (at the rollout stop temperature) and the greedy
     rule's length on ``probe``'s first observations: the stop itself, without episode sampling noise."""
     if probe is None:
         return None
-    policy = LastR1Policy.from_pretrained(policy_dir).eval()
-    policy.config.stop_temperature = RLConfig.stop_temperature
+    policy = load_policy(policy_dir, cfg)
     task = torch.from_numpy(probe.task)
     return length_summary(policy, policy.encode_obs(probe), task, int(task.max()) + 1)
 
 
-def run_config(a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progress: bool) -> RLConfig:
-    """The RL config of one (algorithm, seed) run: every algorithm gets the same budget and setting."""
+def run_config(a: argparse.Namespace, algo: str, seed: int, progress: bool) -> RLConfig:
+    """The RL config of one (algorithm, seed) run: the preset's ``rl`` section and the overrides,
+    the same for every algorithm except the stop's LAPO-only options, which the baselines drop."""
     run = Path(a.out) / algo / f"seed{seed}"
-    advantage = a.lapo_advantage if algo == "lapo" else ""  # "": the algorithm's default
-    group_relative = algo == "grpo_action" or advantage == "grpo"
-    return RLConfig(
-        env=env_cfg,
-        algo=AlgoConfig(
-            name=algo,
-            advantage=advantage,
-            whiten_per_task=a.whiten_per_task,
-            kl_coef=a.kl_coef,
-            stop_kl_coef=a.stop_kl_coef if algo == "lapo" else 0.0,
-            stop_advantage=a.stop_advantage if algo == "lapo" else "gae",
-            w_latent=a.w_latent,
-            w_end=a.w_end,
-            latent_sigma=a.latent_sigma,
-        ),
-        checkpoint=a.checkpoint,
-        out=str(run),
-        iterations=a.iterations,
-        rollouts_per_iter=a.rollouts_per_iter,
-        group_size=a.group_size if group_relative else 1,
-        lr=a.lr,
-        stop_lr=a.stop_lr,
-        epochs=a.epochs,
-        minibatches=a.minibatches,
-        critic_warmup=a.critic_warmup if algo != "grpo_action" else 0,
-        action_temperature=a.action_temperature,
-        lr_warmup_updates=a.lr_warmup,
-        value_trains_backbone=a.attach_value,  # detached unless asked: the demo preset's setting
-        eval_every=a.eval_every,
-        eval_episodes_per_task=a.eval_episodes,
-        eval_at_start=False,
-        eval_sampled=True,
-        stop_scope=a.stop_scope,
-        stop_context=a.stop_context and algo == "lapo",
-        pipeline=a.pipeline,
-        seed=seed,
-        progress=progress,  # a bar per run when runs are sequential: each takes minutes
+    overrides = list(a.overrides)
+    if not get_algorithm(algo).trains_reasoning:
+        lapo_only = ("algo.stop.kl_coef", "algo.stop.advantage", "algo.stop.context")
+        overrides = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(lapo_only)]
+    return load_config(
+        RLConfig,
+        overrides=[
+            *overrides,
+            f"algo.name={algo}",
+            f"checkpoint={a.checkpoint}",
+            f"out={run}",
+            f"seed={seed}",
+            "eval_at_start=false",  # the benchmark evaluates the shared checkpoint once (_befores)
+            "eval_sampled=true",
+            "eval_videos=false",
+            f"progress={str(progress).lower()}",  # a bar per run when runs are sequential
+        ],
+        preset=a.preset,
+        section="rl",
     )
 
 
 def _run(
-    a: argparse.Namespace, env_cfg: EnvConfig, algo: str, seed: int, progress: bool, probe: Observation | None
+    a: argparse.Namespace, algo: str, seed: int, progress: bool, probe: Observation | None
 ) -> dict[str, Any]:
     """One (algorithm, seed) run from the shared checkpoint; its greedy and sampled results."""
-    cfg = run_config(a, env_cfg, algo, seed, progress)
+    cfg = run_config(a, algo, seed, progress)
     run = Path(cfg.out)
     state = train_rl(cfg)  # a finished or killed run resumes instead of being redone
     logged = read_metrics(run / "metrics.jsonl")
     # the run's own logged seconds, not this call's: a resumed (finished) run returns at once
     wall = sum(r.get("sec_collect", 0.0) + r.get("sec_update", 0.0) + r.get("sec_eval", 0.0) for r in logged)
     rows = [r for r in logged if "train_success" in r]
-    stop = _stop_lengths(run / "final", probe)
+    stop = _stop_lengths(run / "final", cfg, probe)
     records = {}
     for mode in MODES:
         after = json.loads(eval_files(run, mode)[-1].read_text())
@@ -264,20 +166,19 @@ def main() -> None:
     a = parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    env_cfg = EnvConfig(
-        backend="metaworld",
-        tasks=a.tasks.split(","),
-        num_envs=a.num_envs,
-        image_size=a.image_size,
-        max_steps=a.max_steps,
-        vector=a.vector,
-        workers=a.workers,
-        placement_scale=a.placement_scale,
-    )
     seeds = [int(k) for k in a.seeds.split(",")]
-    befores = _befores(a, env_cfg, out, seeds)
+    algos = a.algos.split(",")
+    configs = {(algo, k): run_config(a, algo, k, False) for algo in algos for k in seeds}  # checked up front
+    base = configs[algos[0], seeds[0]]
+    env_cfg = base.env
+    print(
+        f"preset={a.preset} {' '.join(a.overrides)}: {base.iterations} iterations x {base.rollouts_per_iter} "
+        f"rollouts, critic {'attached to' if base.value_trains_backbone else 'detached from'} the backbone, "
+        f"{base.algo.action_ratio} action ratio, decode {base.decode}"
+    )
+    befores = _befores(base, a.checkpoint, out, seeds)
     probe = first_observations(env_cfg, "eval", a.stop_probe) if a.stop_probe > 0 else None
-    stop_before = _stop_lengths(a.checkpoint, probe)
+    stop_before = _stop_lengths(a.checkpoint, base, probe)
     for mode, per_seed in befores.items():
         rates = ", ".join(f"{per_seed[k]['success_rate']:.1%}" for k in seeds)
         print(
@@ -285,14 +186,14 @@ def main() -> None:
         )
 
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    jobs = [(algo, seed) for algo in a.algos.split(",") for seed in seeds]
+    jobs = list(configs)
     if a.jobs > 1:  # one run per worker process; each run is single-threaded (torch and its env)
         ctx = multiprocessing.get_context("spawn")  # rendering envs hang after fork (MACHINE_FACTS)
         with ProcessPoolExecutor(a.jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_run, a, env_cfg, algo, seed, False, probe) for algo, seed in jobs]
+            futures = [pool.submit(_run, a, algo, seed, False, probe) for algo, seed in jobs]
             done = [f.result() for f in tqdm(futures, desc="runs", unit="run")]
     else:
-        done = [_run(a, env_cfg, algo, seed, True, probe) for algo, seed in jobs]
+        done = [_run(a, algo, seed, True, probe) for algo, seed in jobs]
     for (algo, _), records in zip(jobs, done, strict=True):
         for mode, record in records.items():
             record["before"] = befores[mode][record["seed"]]["success_rate"]
@@ -307,6 +208,7 @@ def main() -> None:
     summary = {
         "before": {m: {str(k): _summary(b) for k, b in per_seed.items()} for m, per_seed in befores.items()},
         "stop_before": stop_before,
+        "setting": {"preset": a.preset, "overrides": a.overrides},
         "runs": results,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
@@ -325,7 +227,7 @@ def main() -> None:
 
 
 def _befores(
-    a: argparse.Namespace, env_cfg: EnvConfig, out: Path, seeds: list[int]
+    cfg: RLConfig, checkpoint: str, out: Path, seeds: list[int]
 ) -> dict[str, dict[int, dict[str, Any]]]:
     """The SFT checkpoint's evaluations: greedy once (deterministic), sampled once per run seed.
 
@@ -336,14 +238,11 @@ def _befores(
     paths |= {("sample", k): out / f"eval_before_sample_seed{k}.json" for k in seeds}
     missing = {path: key for key, path in paths.items() if not path.is_file()}  # one entry per file
     if missing:
-        policy = LastR1Policy.from_pretrained(a.checkpoint).eval()
-        # the sampled policy at the rollout temperatures, exactly as RL's own sampled evaluations
-        policy.config.action_temperature = a.action_temperature
-        policy.config.stop_temperature = RLConfig.stop_temperature
-        policy.config.stop_scope = a.stop_scope
-        with make_env(env_cfg) as env:
+        # the run's decode, exactly as RL's own evaluations
+        policy = LastR1Policy.from_pretrained(checkpoint, decode=cfg.decode).eval()
+        with make_env(cfg.env) as env:
             for path, (mode, k) in missing.items():
-                save_eval(evaluate(policy, env, a.eval_episodes, mode=mode, seed=k), path)
+                save_eval(evaluate(policy, env, cfg.eval_episodes_per_task, mode=mode, seed=k), path)
     befores: dict[str, dict[int, dict[str, Any]]] = {}
     for (mode, k), path in paths.items():
         befores.setdefault(mode, {})[k] = json.loads(path.read_text())

@@ -6,15 +6,19 @@ learner cannot separate". Here the simulator's outcome is replaced by a *length 
 answer (``lastr1.eval.length_bandit``): on the demo checkpoint and real first observations of the
 demo tasks, each task succeeds with probability ``--p-best`` at its preferred length and ``--p-worst``
 at the other end (default 0.85 / 0.20: reach's measured sampled rates at lengths 2 and 8), one
-sampled stop per episode, ``--per-task`` episodes per task per iteration (the demo's 64 rollouts per
-iteration = 16 per task) and the trainer's own LAPO update at the demo preset's settings. It runs
-the reference's shared stop head and the same head plus the per-candidate context readout
-(``stop_context``), ``--seeds`` each, and prints per task the expected sampled length before and
-after, and the separation (long-preferring minus short-preferring tasks' length change) with a 95 %
-t interval over seeds.
+sampled stop per episode, ``rollouts_per_iter / tasks`` episodes per task per iteration for
+``iterations`` iterations (the demo's 64 rollouts per iteration = 16 per task, 10 iterations) and
+the trainer's own LAPO update. It runs the reference's shared stop head and the same head plus the
+per-candidate context readout (``algo.stop.context``), ``--seeds`` each, and prints per task the
+expected sampled length before and after, and the separation (long-preferring minus
+short-preferring tasks' length change) with a 95 % t interval over seeds.
+
+The RL setting (tasks, decode, learning rates, KL, budget) is a preset's ``rl`` section (default
+``preset=demo``) plus ``key=value`` overrides, read by the same loader as ``lastr1 rl``; the flags
+are only about the benchmark::
 
     MUJOCO_GL=egl PYTHONPATH=src python benchmarks/length_bandit.py \\
-        --checkpoint runs/demo-default/sft/final --seeds 0,1,2
+        --checkpoint runs/demo/sft/final --seeds 0,1,2 [preset=demo algo.stop.kl_coef=0.1]
 """
 
 from __future__ import annotations
@@ -35,23 +39,19 @@ import matplotlib.pyplot as plt
 import torch
 from tqdm import tqdm
 
-from lastr1.algos import AlgoConfig
-from lastr1.commands.demo import PRESETS
-from lastr1.envs import EnvConfig
+from lastr1.config import load_config, split_preset
 from lastr1.eval.length_bandit import LengthBandit, first_observations, train_stop_on_bandit
 from lastr1.eval.stats import t_interval
-from lastr1.models.policy import LastR1Policy
-from lastr1.train.rl import RLConfig
+from lastr1.train.rl import RLConfig, load_policy
 
-DEMO = PRESETS["default"]
-HEADS = {"shared": False, "shared + context": True}
+HEADS = {"shared": False, "shared + context": True}  # algo.stop.context of each compared run
+DEFAULT_PRESET = "demo"
 
 
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--tasks", default=",".join(DEMO["tasks"]))
-    p.add_argument("--prefer", default="short,long,short,long", help="per task: short | long")
+    p.add_argument("--prefer", default="short,long,short,long", help="per task of env.tasks: short | long")
     p.add_argument(
         "--ends",
         default="",
@@ -60,40 +60,49 @@ def _args() -> argparse.Namespace:
     )
     p.add_argument("--p-best", type=float, default=0.85, help="success at the preferred end")
     p.add_argument("--p-worst", type=float, default=0.20, help="success at the other end")
-    p.add_argument("--iterations", type=int, default=DEMO["rl_iterations"])
-    p.add_argument("--per-task", type=int, default=DEMO["rollouts_per_iter"] // len(DEMO["tasks"]))
     p.add_argument("--pool", type=int, default=32, help="train first observations per task")
     p.add_argument("--held-out", type=int, default=10, help="eval first observations per task (measured)")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--stop-lr", type=float, default=DEMO["rl_stop_lr"])
-    p.add_argument(
-        "--stop-kl-coef",
-        type=float,
-        default=0.0,
-        help="KL of the stop to the checkpoint's (algo.stop_kl_coef; 0 = none, as the demo)",
-    )
     p.add_argument("--out", default="runs/length_bandit")
-    return p.parse_args()
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help=f"preset=NAME (default {DEFAULT_PRESET}) and RL config overrides, as for `lastr1 rl`",
+    )
+    a = p.parse_args()
+    preset, a.overrides = split_preset(a.overrides)
+    a.preset = preset or DEFAULT_PRESET
+    return a
 
 
 def _rl_config(a: argparse.Namespace, seed: int, context: bool) -> RLConfig:
-    return RLConfig(
-        algo=AlgoConfig(name="lapo", kl_coef=DEMO["rl_kl_coef"], stop_kl_coef=a.stop_kl_coef),
-        checkpoint=a.checkpoint,
-        lr=DEMO["rl_lr"],
-        stop_lr=a.stop_lr,
-        action_temperature=DEMO["rl_action_temperature"],
-        value_trains_backbone=DEMO["rl_value_trains_backbone"],
-        stop_context=context,
-        seed=seed,
-        progress=False,
+    """The RL config of one run: the preset's ``rl`` section and the overrides, LAPO, the run's seed
+    and stop head (``algo.stop.context``)."""
+    return load_config(
+        RLConfig,
+        overrides=[
+            *a.overrides,
+            "algo.name=lapo",
+            f"checkpoint={a.checkpoint}",
+            f"seed={seed}",
+            f"algo.stop.context={str(context).lower()}",
+            "progress=false",
+        ],
+        preset=a.preset,
+        section="rl",
     )
 
 
 def main() -> None:
     a = _args()
     torch.set_num_threads(1)
-    tasks, prefer = a.tasks.split(","), a.prefer.split(",")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    configs = {
+        (name, seed): _rl_config(a, seed, context) for name, context in HEADS.items() for seed in seeds
+    }
+    base = configs["shared", seeds[0]]  # the setting every run shares (but the seed and the stop head)
+    tasks, prefer = list(base.env.tasks), a.prefer.split(",")
     if len(prefer) != len(tasks) or set(prefer) - {"short", "long"}:
         raise SystemExit(f"--prefer needs one of short|long per task ({len(tasks)} tasks), got {a.prefer!r}")
     ends = [(a.p_best, a.p_worst) if p == "short" else (a.p_worst, a.p_best) for p in prefer]
@@ -105,45 +114,35 @@ def main() -> None:
         if len(ends) != len(tasks):
             raise SystemExit(f"--ends has {len(ends)} entries for {len(tasks)} tasks")
         prefer = ["short" if lo > hi else "long" if hi > lo else "none" for lo, hi in ends]
-    env_cfg = EnvConfig(
-        backend="metaworld",
-        tasks=tasks,
-        num_envs=len(tasks),
-        image_size=DEMO["image_size"],
-        max_steps=DEMO["max_steps"],
-        placement_scale=DEMO["placement_scale"],
-        vector="sync",
+    iterations, per_task = base.iterations, base.rollouts_per_iter // len(tasks)
+    pool, held = (  # first_observations runs one in-process env slot per task
+        first_observations(base.env, "train", a.pool),
+        first_observations(base.env, "eval", a.held_out),
     )
-    pool, held = (
-        first_observations(env_cfg, "train", a.pool),
-        first_observations(env_cfg, "eval", a.held_out),
-    )
-    start = LastR1Policy.from_pretrained(a.checkpoint).eval()
+    start = load_policy(a.checkpoint, base)  # the shared stop head: the KL anchor of every run
     lengths = start.layout.candidate_lengths()
     bandit = LengthBandit.linear(ends, len(lengths))
     anchor = start.requires_grad_(False)
-    seeds = [int(s) for s in a.seeds.split(",")]
     inputs, held_inputs = start.encode_obs(pool), start.encode_obs(held)  # the same for every run
     histories: dict[str, list[list[dict]]] = {name: [] for name in HEADS}
     bar = tqdm(total=len(HEADS) * len(seeds), desc="length bandit", unit="run")
-    for name, context in HEADS.items():
-        for seed in seeds:
-            policy = LastR1Policy.from_pretrained(a.checkpoint)
-            hist = train_stop_on_bandit(
-                policy, _rl_config(a, seed, context), bandit, inputs, torch.from_numpy(pool.task),
-                a.iterations, a.per_task, held_inputs, torch.from_numpy(held.task), anchor=anchor,
-            )  # fmt: skip
-            histories[name].append(hist)
-            bar.update()
+    for (name, _), cfg in configs.items():
+        policy = load_policy(a.checkpoint, cfg)  # the run's decode and, per head, the context readout
+        hist = train_stop_on_bandit(
+            policy, cfg, bandit, inputs, torch.from_numpy(pool.task),
+            iterations, per_task, held_inputs, torch.from_numpy(held.task), anchor=anchor,
+        )  # fmt: skip
+        histories[name].append(hist)
+        bar.update()
     bar.close()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    n_eps = a.iterations * a.per_task
+    n_eps = iterations * per_task
     print(
         f"\nlength bandit on {a.checkpoint}: success (shortest : longest) "
         f"{', '.join(f'{lo:.2f}:{hi:.2f}' for lo, hi in ends)}, linear between (candidates {lengths});"
-        f" {a.iterations} iterations x {a.per_task} episodes per task"
-        f" ({n_eps} per task), stop lr {a.stop_lr:g}, stop KL {a.stop_kl_coef:g}, {len(seeds)} seeds;"
+        f" {iterations} iterations x {per_task} episodes per task ({n_eps} per task),"
+        f" stop lr {base.stop_head_lr:g}, stop KL {base.algo.stop.kl_coef:g}, {len(seeds)} seeds;"
         " expected sampled length on"
         f" {a.held_out} held-out first observations per task"
     )
@@ -186,9 +185,9 @@ def main() -> None:
     fig, axes = plt.subplots(1, len(HEADS), figsize=(5 * len(HEADS), 3.6), sharey=True)
     for ax, (name, runs) in zip(axes, histories.items(), strict=True):
         for t, task in enumerate(tasks):
-            curve = [sum(h[i]["expected_len"][t] for h in runs) / len(runs) for i in range(a.iterations + 1)]
+            curve = [sum(h[i]["expected_len"][t] for h in runs) / len(runs) for i in range(iterations + 1)]
             ax.plot(
-                range(a.iterations + 1),
+                range(iterations + 1),
                 curve,
                 ls={"short": "-", "long": "--"}.get(prefer[t], ":"),
                 label=f"{task} ({prefer[t]})",

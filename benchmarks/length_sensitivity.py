@@ -8,7 +8,11 @@ decisions of one episode (one action chunk of motion), and the swap KL: the acti
 length with another same-task decision's latents. The ratios are the KL at the shortest length and
 the swap KL over the chunk KL.
 
-    python benchmarks/length_sensitivity.py --checkpoint runs/demo-default/sft/final --episodes 10
+The rollouts decode with the checkpoint's own decode (its ``decode.json``) with ``decode.*``
+overrides on top, e.g. sampled at the demo RL's action temperature::
+
+    python benchmarks/length_sensitivity.py --checkpoint runs/demo/sft/final --episodes 10 \\
+        [--mode sample decode.action_temperature=0.5]
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch
 from tqdm import tqdm
 
+from lastr1.config import ConfigError, from_dict, parse_overrides
 from lastr1.envs import EnvConfig, EpisodeSpec, make_env
 from lastr1.eval.length_sensitivity import length_sensitivity
+from lastr1.models.decode import DecodeConfig
 from lastr1.models.policy import LastR1Policy
 from lastr1.rollout.collector import collect, merge_rollouts
 
@@ -38,19 +44,38 @@ def _args() -> argparse.Namespace:
     p.add_argument("--tasks", default="reach-v3,button-press-topdown-v3,drawer-open-v3,drawer-close-v3")
     p.add_argument("--episodes", type=int, default=10, help="eval starts per task")
     p.add_argument("--mode", default="greedy", choices=["greedy", "sample"], help="how the rollouts act")
-    p.add_argument("--action-temperature", type=float, default=0.5, help="--mode sample only")
     p.add_argument("--max-steps", type=int, default=200)
     p.add_argument("--placement-scale", type=float, default=0.3, help="Meta-World ranges x this (demo: 0.3)")
     p.add_argument("--num-envs", type=int, default=4)
     p.add_argument("--out", default="", help="write the per-task rows as JSON here")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="decode.key=value",
+        help="decode settings over the checkpoint's decode.json (e.g. decode.action_temperature=0.5)",
+    )
     return p.parse_args()
+
+
+def checkpoint_decode(policy: LastR1Policy, overrides: list[str]) -> DecodeConfig:
+    """The checkpoint's own decode (``policy.decode``) with the ``decode.*`` overrides on top."""
+    try:
+        over = parse_overrides(overrides)
+        extra = over.pop("decode", {})
+        if over or not isinstance(extra, dict):
+            raise ConfigError(
+                f"only decode.* overrides apply here (e.g. decode.stop_scope=episode), got {overrides}"
+            )
+        return from_dict(DecodeConfig, {**dataclasses.asdict(policy.decode), **extra}, prefix="decode")
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def main() -> None:
     a = _args()
     torch.set_num_threads(1)
     policy = LastR1Policy.from_pretrained(a.checkpoint).eval()
-    policy.config.action_temperature = a.action_temperature
+    decode = checkpoint_decode(policy, a.overrides)
     tasks = a.tasks.split(",")
     env_cfg = EnvConfig(
         backend="metaworld",
@@ -71,7 +96,7 @@ def main() -> None:
     def run(env_cfg: EnvConfig, batches: list[list[EpisodeSpec]]) -> None:
         with make_env(env_cfg) as env:
             for batch in batches:
-                parts.append(collect(env, policy, batch, mode=a.mode, generator=gen))
+                parts.append(collect(env, policy, batch, mode=a.mode, generator=gen, decode=decode))
                 bar.update(len(batch))
 
     if full:
