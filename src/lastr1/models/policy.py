@@ -33,6 +33,7 @@ from lastr1.models.latent import DecodeStream, SequenceLayout, choose_stop, samp
 from lastr1.models.policy_io import ActionOutput, LogProbs, PolicyBatch, PolicyInputs, SFTOutputs
 
 CONFIG_FILE = "config.json"
+_LEGACY_NOTED: set[str] = set()
 WEIGHTS_FILE = "model.safetensors"
 STATS_FILE = "dataset_statistics.json"
 
@@ -599,7 +600,8 @@ class LastR1Policy(nn.Module):
                 saved = from_dict(DecodeConfig, json.loads((path / DECODE_FILE).read_text()), prefix="decode")
             else:
                 saved = from_dict(DecodeConfig, legacy, prefix="decode")
-                if legacy:
+                if legacy and str(path) not in _LEGACY_NOTED:  # once per folder, not per load
+                    _LEGACY_NOTED.add(str(path))
                     print(
                         f"note: {path / CONFIG_FILE} predates decode.json; its decoding keys "
                         f"({', '.join(sorted(legacy))}) were read as the policy's default decode"
