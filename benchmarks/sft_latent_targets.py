@@ -134,10 +134,14 @@ def main() -> None:
     # teacher features are cached per dataset: compute each teacher once here, not in racing workers
     from lastr1.data.latent_targets import compute_dataset_latent_targets
 
-    for cfg in {
-        c.teacher.name: c for c in configs.values() if c.policy.k_max and c.latent_weight > 0
-    }.values():
-        compute_dataset_latent_targets(a.data, dataclasses.replace(cfg.teacher, k_max=cfg.policy.k_max))
+    teachers = {
+        repr(t): t
+        for c in configs.values()
+        if c.policy.k_max and c.latent_weight > 0
+        for t in [dataclasses.replace(c.teacher, k_max=c.policy.k_max)]
+    }
+    for teacher in teachers.values():  # each distinct teacher (features and fitted transform) once
+        compute_dataset_latent_targets(a.data, teacher)
     jobs = list(configs)
     if a.jobs > 1:
         ctx = multiprocessing.get_context("spawn")  # rendering envs hang after fork
