@@ -48,7 +48,7 @@ def test_demo_quick_writes_a_complete_report(tmp_path):
         assert re.search(rf"^\| {re.escape(task)} \| \d+% \[\d+%, \d+%\] \| \d+% \[", report, re.M), task
     # every linked file exists and is non-empty
     links = re.findall(r"\]\(([^)]+\.(?:png|mp4))\)", report)
-    assert sum(link.endswith(".png") for link in links) == 2
+    assert sum(link.endswith(".png") for link in links) == 3  # learning curve, latent length, diagnostics
     assert sum(link.endswith(".mp4") for link in links) == 4  # SFT and RL, one per task
     for link in links:
         path = run / link

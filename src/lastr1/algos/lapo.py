@@ -59,9 +59,12 @@ class Lapo:
             w_end = cfg.w_end if old.stop_mask is None else cfg.w_end * old.stop_mask.to(l_end.dtype)
             l_act_end = (n * l_action + w_end * l_end) / (n + w_end)
             z_log_ratio = latent_log_ratio(old.latents, new.latent_mu, old.latent_mask, cfg.latent_sigma)
-            l_latent, _ = clipped_surrogate(z_log_ratio, adv, cfg.clip_low, cfg.clip_high)
+            l_latent, latent_clipped = clipped_surrogate(z_log_ratio, adv, cfg.clip_low, cfg.clip_high)
             chose = end_clipped if old.stop_mask is None else end_clipped[old.stop_mask]
             metrics["stop_clip_frac"] = float(chose.float().mean()) if chose.numel() else 0.0
+            metrics["clip_frac_stop"] = metrics["stop_clip_frac"]  # the per-part name (diagnostics)
+            # decisions whose latent term sits on its clipped branch (no latent gradient there)
+            metrics["clip_frac_latent"] = float(latent_clipped.float().mean())
             metrics["latent_ratio"] = float(torch.exp(z_log_ratio.detach()).mean())
         else:  # a policy without latents: LAPO degenerates to action PPO
             l_act_end = l_action

@@ -40,12 +40,27 @@ def action_token_loss(new: NewTerms, old: OldTerms, cfg: AlgoConfig) -> tuple[to
         loss = per_token.mean(dim=1)
     with torch.no_grad():
         ratio = torch.exp(log_ratio)
+        clip_frac = float(clipped.float().mean())
         metrics = {
-            "clip_frac": float(clipped.float().mean()),
+            "clip_frac": clip_frac,
+            "clip_frac_action": clip_frac,  # the per-part name (diagnostics), same number
             "approx_kl": float(((ratio - 1) - log_ratio).mean()),
+            "approx_kl_behaviour": approx_kl_per_token(new.logp_action_tokens, old.logp_action_tokens),
             "ratio_max": float(ratio.max()),
         }
     return loss, metrics
+
+
+def approx_kl_per_token(logp_new: torch.Tensor, logp_old: torch.Tensor) -> float:
+    """``E[(r − 1) − log r]`` over every action token, ``r = π_new / π_old`` of the sampled token.
+
+    The k3 estimator of ``KL(π_old ‖ π_new)`` per token, on samples from the behaviour policy.
+    Why per token whatever ``action_ratio`` is: ``approx_kl`` follows the ratio the loss clips,
+    which with ``"sequence"`` is the whole chunk's (C·7 tokens summed), so its scale changes with
+    the chunk size; the per-token number compares across runs and settings.
+    """
+    log_ratio = (logp_new - logp_old).detach()
+    return float((torch.expm1(log_ratio) - log_ratio).mean())
 
 
 def token_kl(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:

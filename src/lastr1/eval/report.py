@@ -7,6 +7,7 @@ report can be regenerated for any run directory with :func:`write_run_report`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from lastr1.eval.evaluate import eval_files
 from lastr1.train.metrics import read_metrics
@@ -150,6 +152,121 @@ def plot_task_lengths(groups: dict[str, list[Path]], path: Path) -> Path:
     return path
 
 
+DIAG = "diag/"  # the prefix of the trainer's per-iteration diagnostics (lastr1.train.diagnostics)
+
+
+def _numbers(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """``(iterations, values)`` of ``key``, skipping rows without it and values that are not
+    finite numbers (the logger writes nan/inf as strings)."""
+    pts = [
+        (float(r["step"]), float(r[key]))
+        for r in rows
+        if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) and "step" in r
+    ]
+    pts = [p for p in pts if math.isfinite(p[1])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _first_logged(rows: list[dict[str, Any]], *keys: str) -> str:
+    """The first of ``keys`` the run logged (a newer name, then the older one it replaces)."""
+    return next((k for k in keys if any(k in r for r in rows)), keys[0])
+
+
+def _diagnostic_panels(rows: list[dict[str, Any]]) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """``(title, y label, [(metric key, legend label)])`` per panel of :func:`plot_diagnostics`."""
+    keys = sorted({k for r in rows for k in r})
+
+    def family(prefix: str, suffix: str = "") -> list[tuple[str, str]]:
+        found = [k for k in keys if k.startswith(prefix) and k.endswith(suffix)]
+        return [(k, k[len(prefix) : len(k) - len(suffix)]) for k in found]
+
+    return [
+        ("value head", "explained variance", [(f"{DIAG}explained_variance", "1 − Var[R−V]/Var[R]")]),
+        (
+            "KL",
+            "KL per action token",
+            [
+                (_first_logged(rows, "approx_kl_behaviour", "approx_kl"), "to behaviour (minibatch mean)"),
+                (f"{DIAG}kl_behaviour", "to behaviour (after the update)"),
+                (_first_logged(rows, f"{DIAG}kl_sft", "kl_ref"), "to SFT start"),
+            ],
+        ),
+        (
+            "clip fraction",
+            "fraction clipped",
+            [
+                (_first_logged(rows, "clip_frac_action", "clip_frac"), "action"),
+                (_first_logged(rows, "clip_frac_stop", "stop_clip_frac"), "stop"),
+                ("clip_frac_latent", "latent"),
+            ],
+        ),
+        (
+            "entropy",
+            "mean action-token entropy",
+            [("entropy", "minibatch mean"), (f"{DIAG}entropy", "after the update")],
+        ),
+        (
+            "no-signal decisions",
+            "fraction of decisions",
+            [
+                (f"{DIAG}zero_adv_frac", "|A| = 0 (raw)"),
+                (f"{DIAG}zero_signal_frac", "group/task without contrast"),
+            ],
+        ),
+        ("advantage mean per task", "mean A (as the loss sees it)", family(f"{DIAG}adv_mean/")),
+        (
+            "gradient share, policy group",
+            "‖∇ term‖ / ‖∇ loss‖ (log)",
+            family(f"{DIAG}grad_share/", "/policy"),
+        ),
+        ("gradient share, stop group", "‖∇ term‖ / ‖∇ loss‖ (log)", family(f"{DIAG}grad_share/", "/stop")),
+    ]
+
+
+def plot_diagnostics(run: Path, path: Path) -> Path | None:
+    """A grid of the RL diagnostics vs iteration, read from the run's ``metrics.jsonl``: the value
+    head's explained variance, KL to the behaviour and SFT policies, clip fractions per part,
+    entropy, the share of decisions without signal, per-task advantage means and each loss term's
+    share of the gradient. None when the run logged no ``diag/`` keys (runs from before them), so
+    a report never links a figure of empty panels."""
+    rows = read_metrics(run / "metrics.jsonl")
+    if not any(k.startswith(DIAG) for r in rows for k in r):
+        return None
+    panels = _diagnostic_panels(rows)
+    cols = 4
+    fig, axes = plt.subplots(
+        math.ceil(len(panels) / cols),
+        cols,
+        figsize=(4 * cols, 3 * math.ceil(len(panels) / cols)),
+        squeeze=False,
+    )
+    for ax, (title, ylabel, series) in zip(axes.flat, panels, strict=False):
+        log = title.startswith("gradient share")  # shares span decades (a latent term at 1e-10)
+        drawn = 0
+        for key, label in series:
+            x, y = _numbers(rows, key)
+            if x and (not log or max(y) > 0):  # a term that never reaches the group: no line
+                ax.plot(x, y, marker=".", label=label)
+                drawn += 1
+        if not drawn:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
+        else:
+            ax.legend(fontsize=7)
+            if log:
+                ax.set_yscale("log", nonpositive="mask")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def success_table(before: dict[str, Any], after: dict[str, Any]) -> str:
     """Markdown table of per-task success (with 95 % CI) and latent length, before vs after RL."""
     lines = [
@@ -217,6 +334,21 @@ def _sampled_section(rl: Path) -> list[str]:
     ]
 
 
+def _diagnostics_section(figure: Path | None) -> list[str]:
+    """The report's "Diagnostics" section when the run logged diagnostics, else nothing."""
+    if figure is None:
+        return []
+    return [
+        "## Diagnostics",
+        "",
+        "Why the policy does or does not improve, per iteration (`diag/*` and the update's metrics "
+        "in metrics.jsonl; `lastr1.train.diagnostics`).",
+        "",
+        f"![diagnostics]({figure.name})",
+        "",
+    ]
+
+
 def _link(path: str, base: Path) -> str:
     return os.path.relpath(Path(path).resolve(), base.resolve())
 
@@ -239,6 +371,7 @@ def write_run_report(
     rl = rl if rl is not None else run_dir / "rl"
     curve = plot_learning_curve({algo: rl}, run_dir / "learning_curve.png")
     latent = plot_latent_length(rl, run_dir / "latent_length.png")
+    diagnostics = plot_diagnostics(rl, run_dir / "diagnostics.png")
     lines = [
         f"# lastr1 run report: {title or run_dir.name}",
         "",
@@ -259,6 +392,7 @@ def write_run_report(
         "",
         f"![latent length]({latent.name})",
         "",
+        *_diagnostics_section(diagnostics),
         "## Rollout videos",
         "",
     ]
