@@ -8,9 +8,12 @@ this file only routes. A command module's ``SECTION`` names its section in the p
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -61,6 +64,7 @@ def build_parser(help_for: str | None = None) -> argparse.ArgumentParser:
         )
         p.add_argument("--config", help="YAML file with the command's fields", default=None)
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        p.add_argument("--debug", action="store_true", help="show the traceback of an error")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="field overrides")
     return parser
 
@@ -85,7 +89,7 @@ def _split_flag_overrides(argv: list[str], aliases: dict[str, str]) -> list[str]
         arg = argv[i]
         if arg.startswith("--config="):
             out += ["--config", arg.split("=", 1)[1]]
-        elif arg.startswith("--") and arg not in ("--config", "--print-config", "--help"):
+        elif arg.startswith("--") and arg not in ("--config", "--print-config", "--help", "--debug"):
             key, eq, value = arg[2:].partition("=")
             key = key.replace("-", "_")  # only the key: values such as reach-v3 keep their dashes
             if eq:
@@ -125,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             preset = None
         cfg = load_config(module.Config, args.config, overrides, preset=preset, section=section)
     except ConfigError as exc:
+        if args.debug:
+            raise
         print(f"lastr1 {args.command}: config error: {exc}", file=sys.stderr)
         return 2
     if args.print_config:
@@ -132,13 +138,58 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(module.run(cfg) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        # Input problems surface as one clear line; real bugs keep their traceback.
-        print(f"lastr1 {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"\nlastr1 {args.command}: interrupted; {_resume_hint(cfg)}", file=sys.stderr)
+        return 130
     except FloatingPointError as exc:  # training diverged; checkpoints up to the last good step are kept
         print(f"lastr1 {args.command}: stopped: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None or args.debug:
+            raise  # a bug, or --debug: the traceback
+        print(f"lastr1 {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+
+
+# what to do about a file-system error, by errno
+_OS_FIXES = {
+    errno.ENOSPC: "free space on that disk, then rerun the same command (it resumes)",
+    errno.EDQUOT: "free space on that disk, then rerun the same command (it resumes)",
+    errno.EACCES: "make it writable or choose another out=",
+    errno.EPERM: "make it writable or choose another out=",
+    errno.EROFS: "it is on a read-only file system; choose another out=",
+    errno.ENOTDIR: "a part of the path is a file; choose another path",
+    errno.EEXIST: "a file is in the way; move it or choose another path",
+    errno.EISDIR: "a directory is in the way; choose another path",
+}
+
+
+def user_error(exc: BaseException) -> str | None:
+    """One line for a user's mistake (bad value, missing or unwritable file, full disk), or None
+    for anything else, which is a bug and keeps its traceback."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = f"{exc.filename}: " if exc.filename else ""
+        fix = _OS_FIXES.get(exc.errno, "check the path and rerun")
+        return f"{where}{exc.strerror or exc}; {fix}"
+    if isinstance(exc, (ValueError, OSError)):  # our own messages, raised with the fix in them
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
+def _resume_hint(cfg: Any) -> str:
+    """Where an interrupted command picks up: the run's newest checkpoint, when it has one."""
+    from lastr1.train.checkpoint import CheckpointManager
+
+    out = getattr(cfg, "out", "")
+    latest = CheckpointManager(Path(out) / "checkpoints").latest() if out else None
+    if latest is not None:
+        return f"rerun the same command to resume from {latest}"
+    if out and hasattr(cfg, "resume"):
+        return "no checkpoint was saved yet; rerun the same command to start again"
+    return "rerun the same command to run it again"
 
 
 if __name__ == "__main__":

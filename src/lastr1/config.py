@@ -116,7 +116,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         kwargs[key] = _coerce(value, hints[key], path)
     try:
         obj = cls(**kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ZeroDivisionError) as exc:  # a zero divisor is a bad value too
         raise ConfigError(f"{prefix or cls.__name__}: {exc}") from None
     return obj
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,11 @@ import torch
 from lastr1.envs import EnvConfig, make_env
 from lastr1.envs.config import ENV_ALIASES
 from lastr1.envs.suites import list_tasks, resolve_suite
-from lastr1.eval.evaluate import evaluate, format_table, save_eval
+from lastr1.eval.evaluate import evaluate, format_table, save_eval_or_fallback
 from lastr1.eval.scripted import ScriptedPolicy
 from lastr1.models.decode import DecodeConfig
 from lastr1.models.policy import LastR1Policy
+from lastr1.train.run_dir import make_run_dir
 
 ALIASES = {
     **ENV_ALIASES,
@@ -59,6 +61,17 @@ class Config:
     threads: int = 1  # torch threads; >1 is much slower when another process keeps a core busy
     pipeline: int = 1  # slot groups taking turns (rollout.collect); checkpoint policies only
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("episodes_per_task", "threads", "pipeline"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.videos_per_task < 0:
+            raise ValueError(f"videos_per_task={self.videos_per_task} must be >= 0 (0 = no videos)")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy={self.policy!r} is unknown; use one of {list(POLICIES)}")
+        if self.init_set not in ("train", "eval"):
+            raise ValueError(f"init_set={self.init_set!r} must be 'eval' (the benchmark states) or 'train'")
 
 
 def stack_versions() -> dict[str, str]:
@@ -138,6 +151,7 @@ def run(cfg: Config) -> int:
                 "so they need pipeline=1 (leave it out with --policy expert)"
             )
         out = Path(cfg.out or Path("runs/eval-expert") / resolve_suite(env_cfg))
+    make_run_dir(out)  # a bad out fails now, not after every episode ran
     with make_env(env_cfg) as env:
         result = evaluate(
             policy if policy is not None else ScriptedPolicy(env),
@@ -152,7 +166,10 @@ def run(cfg: Config) -> int:
         result["protocol"] = _protocol(cfg, env, policy)
     result["suite"] = result["protocol"]["suite"]
     result["checkpoint"] = str(cfg.checkpoint) if cfg.policy == "checkpoint" else None
-    path = save_eval(result, out / "eval.json")
-    print(format_table(result))
+    print(format_table(result))  # first: nothing after the episodes may lose their results
+    path, warning = save_eval_or_fallback(result, out / "eval.json")
+    if warning:
+        print(f"lastr1 eval: {warning}", file=sys.stderr)
+        return 1
     print(f"wrote {path}")
     return 0

@@ -16,6 +16,7 @@ observation after the last action is not stored.
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,8 +116,10 @@ def read_episode(path: str | Path) -> Episode:
             fields: dict[str, Any] = {k: data[k] for k in _ARRAY_FIELDS}
             fields.update({k: str(data[k]) for k in _TEXT_FIELDS})
             fields["init_index"] = int(data["init_index"])
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"episode file {path} is not a readable .npz: {exc}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:  # a truncated or damaged file
+        raise ValueError(
+            f"episode file {path} is not a readable .npz ({exc}); re-record or re-import the dataset"
+        ) from None
     episode = Episode(**fields)
     episode.validate()
     return episode

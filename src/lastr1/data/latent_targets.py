@@ -186,14 +186,16 @@ def load_latent_targets(cache_root: str | Path, cfg: TeacherConfig) -> LatentTar
 
 
 def compute_dataset_latent_targets(
-    dataset_dir: str | Path, cfg: TeacherConfig, progress: bool = True
+    dataset_dir: str | Path, cfg: TeacherConfig, progress: bool = True, cache_root: str | Path | None = None
 ) -> LatentTargetCache:
     """Adapter for the on-disk demo format of :mod:`lastr1.data.episodes`: caches under
-    ``<dataset_dir>/latent_targets``; episode ids are the episode files' numbers."""
+    ``<cache_root or dataset_dir>/latent_targets`` (``cache_root`` for a read-only dataset);
+    episode ids are the episode files' numbers."""
     from lastr1.data.episodes import load_dataset
 
+    root = Path(cache_root) if cache_root is not None else Path(dataset_dir)
     return compute_latent_targets(
-        _DatasetArrays(load_dataset(dataset_dir)), Path(dataset_dir) / CACHE_FOLDER, cfg, progress=progress
+        _DatasetArrays(load_dataset(dataset_dir)), root / CACHE_FOLDER, cfg, progress=progress
     )
 
 

@@ -10,6 +10,8 @@ reproducible too. A small policy's greedy and sampled behaviour can differ a lot
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +139,26 @@ def eval_files(run: str | Path, mode: str = "greedy") -> list[Path]:
 def save_eval(result: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    tmp = path.with_name(f"{path.name}.tmp")  # a full disk never leaves a torn eval.json
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
     return path
+
+
+def save_eval_or_fallback(result: dict[str, Any], path: str | Path) -> tuple[Path, str | None]:
+    """Save to ``path``, or, when that fails (read-only, full disk), to a file in the temp folder.
+
+    Why: an evaluation can take hours; its results must never be lost to where they were to be
+    written. Returns the path written and, after a fallback, a one-line warning naming both paths.
+    """
+    try:
+        return save_eval(result, path), None
+    except OSError as exc:
+        fd, name = tempfile.mkstemp(prefix="lastr1-eval-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(result, indent=2))
+        reason = exc.strerror or str(exc)
+        return Path(name), f"could not write {path} ({reason}); the results were saved to {name} instead"
 
 
 def format_table(result: dict[str, Any]) -> str:

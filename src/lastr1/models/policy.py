@@ -78,7 +78,10 @@ class PolicyConfig:
         checks = [
             (self.k_max >= 0, f"k_max={self.k_max} must be >= 0"),
             (self.latent_group >= 1, f"latent_group={self.latent_group} must be >= 1"),
-            (self.k_max % self.latent_group == 0, f"k_max={self.k_max} must be a multiple of latent_group"),
+            (
+                self.latent_group < 1 or self.k_max % self.latent_group == 0,
+                f"k_max={self.k_max} must be a multiple of latent_group",
+            ),
             (self.decoding in ("parallel", "autoregressive"), f"decoding={self.decoding!r} is unknown"),
             (self.action_slot_embedding in ("learned", "zero"), "action_slot_embedding must be learned|zero"),
             (self.use_proprio is False or self.proprio_dim > 0, "use_proprio needs proprio_dim > 0"),
@@ -87,6 +90,10 @@ class PolicyConfig:
             (
                 self.d_model > 0 and self.n_layers > 0 and self.n_heads > 0,
                 "d_model, n_layers, n_heads must be > 0",
+            ),
+            (
+                self.n_heads < 1 or self.d_model % self.n_heads == 0,
+                f"d_model={self.d_model} must be a multiple of n_heads={self.n_heads}",
             ),
             (
                 self.chunk > 0 and self.action_dim > 0 and self.num_bins > 1,
@@ -611,7 +618,13 @@ class LastR1Policy(nn.Module):
             raise ValueError(f"cannot read policy folder {str(path)!r}: {exc}") from None
         policy = cls(config, stats, decode or saved)
         try:
-            result = policy.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=False)
+            weights = load_file(str(path / WEIGHTS_FILE))
+        except Exception as exc:  # safetensors' own error type: a truncated or damaged file
+            raise ValueError(
+                f"{path / WEIGHTS_FILE} is damaged ({exc}); re-save the policy or use another checkpoint"
+            ) from None
+        try:
+            result = policy.load_state_dict(weights, strict=False)
         except RuntimeError as exc:  # shape mismatches
             raise ValueError(f"{path / WEIGHTS_FILE} does not match config.json: {exc}") from None
         # readouts saved before the centre existed read the state uncentred, as the zero centre does;

@@ -29,7 +29,6 @@ from lastr1.algos import (
     whitening,
 )
 from lastr1.algos.losses import stop_kl, token_kl
-from lastr1.config import save_config
 from lastr1.envs import EnvConfig, EpisodeSpec, make_env
 from lastr1.envs.base import VectorEnv
 from lastr1.envs.suites import rollout_max_steps
@@ -38,8 +37,11 @@ from lastr1.models.decode import DecodeConfig
 from lastr1.models.policy import LastR1Policy
 from lastr1.models.policy_io import ActionOutput, PolicyBatch
 from lastr1.rollout.collector import Rollout, collect, merge_rollouts
-from lastr1.train.checkpoint import CheckpointManager
+from lastr1.train.checkpoint import CheckpointManager, all_finite, load_state
+from lastr1.train.diagnostics import iteration_diagnostics
 from lastr1.train.metrics import MetricsLogger
+from lastr1.train.run_dir import RunLock
+from lastr1.train.run_record import config_changes, resume_point, write_record
 
 
 @dataclass
@@ -99,6 +101,11 @@ class RLConfig:
     rollout_max_steps: int = 0
     seed: int = 0
     resume: bool = True
+    # start over in an `out` that holds a run's checkpoints, deleting them (never done otherwise)
+    overwrite: bool = False
+    # settings a resume may change from the run's config.yaml (e.g. lr,algo.kl_coef; a group name
+    # such as algo allows all its fields); the old and new values go to config_history.jsonl
+    allow_changes: list[str] = field(default_factory=list)
     threads: int = 1  # torch threads; >1 is much slower when another process keeps a core busy
     # slot groups that take turns, so the policy decides for one while the others simulate
     # (rollout.collect); pays off with env.vector=async and env.workers below the core count
@@ -321,6 +328,8 @@ def update_policy(
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
     policy.eval()
+    if not all_finite(policy):  # a finite loss and gradient can still overflow a weight
+        raise FloatingPointError(f"non-finite weights after the {cfg.algo.name} update")
     return {k: v / count for k, v in sums.items()}
 
 
@@ -365,11 +374,30 @@ def load_policy(path: str | Path, cfg: RLConfig) -> LastR1Policy:
 
 
 def train_rl(cfg: RLConfig) -> dict[str, Any]:
-    """Run (or resume) an RL post-training job; returns the final state and last evaluation."""
+    """Run (or resume) an RL post-training job; returns the final state and last evaluation.
+
+    ``cfg.out`` is held under an exclusive lock for the whole run (:mod:`lastr1.train.run_dir`)."""
+    with RunLock(cfg.out):
+        return _train_rl(cfg)
+
+
+def check_eval_episodes(cfg: RLConfig, env: VectorEnv) -> None:
+    """Refuse, before the first iteration, more eval episodes than a task has eval initial states."""
+    for t, task in enumerate(env.tasks):
+        available = env.num_init_states(t, "eval")
+        if cfg.eval_episodes_per_task > available:
+            raise ValueError(
+                f"eval_episodes_per_task={cfg.eval_episodes_per_task}: task {task.name!r} has only "
+                f"{available} eval initial states; set eval_episodes_per_task <= {available}"
+            )
+
+
+def _train_rl(cfg: RLConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     out_dir = Path(cfg.out)
     mgr = CheckpointManager(out_dir / "checkpoints")
-    latest = mgr.latest() if cfg.resume else None
+    latest = resume_point(out_dir, mgr, cfg.resume, cfg.overwrite)
+    changes = config_changes(out_dir, cfg, cfg.allow_changes) if latest is not None else {}
     if latest is None and not cfg.checkpoint:
         raise ValueError("checkpoint: give the SFT checkpoint to start RL from (checkpoint=runs/.../final)")
     source = latest / "policy" if latest is not None else Path(cfg.checkpoint)
@@ -384,20 +412,34 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     opt = make_optimizer(policy, cfg)
     state: dict[str, Any] = {"iteration": 0, "env_steps": 0, "last_eval": None}
     if latest is not None:
-        opt.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
-        state = json.loads((latest / "trainer_state.json").read_text())
+        opt.load_state_dict(load_state(latest / "optimizer.pt"))
+        # the loaded groups carry the rates they were saved with; use this config's (the same
+        # unless allow_changes let them change), so config.yaml says what the optimizer uses
+        for name, lr in group_lrs(cfg).items():
+            param_group(opt, name).update(lr=lr, weight_decay=cfg.weight_decay)
+        try:
+            state = json.loads((latest / "trainer_state.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            raise ValueError(
+                f"{latest / 'trainer_state.json'} is unreadable; delete {latest} to resume from the "
+                "checkpoint before it, or pass overwrite=true to start over"
+            ) from None
         print(f"resuming {out_dir} from iteration {state['iteration']} ({latest.name})")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
-    logger = MetricsLogger(out_dir, resume_step=state["iteration"] if latest is not None else None)
     adv_kind = cfg.advantage_kind
     env = make_env(cfg.env)
-    if cfg.eval_at_start and state["iteration"] == 0 and state["last_eval"] is None:
-        state["last_eval"] = _evaluate(cfg, policy, env, out_dir, 0, logger, state)
+    try:
+        check_eval_episodes(cfg, env)  # every setting is checked before any iteration is spent
+        write_record(out_dir, cfg, changes, state["iteration"])  # the run has started: record it
+        logger = MetricsLogger(out_dir, resume_step=state["iteration"] if latest is not None else None)
+    except BaseException:
+        env.close()
+        raise
     bar = tqdm(
         total=cfg.iterations, initial=state["iteration"], desc=f"rl {cfg.algo.name}", disable=not cfg.progress
     )
     try:
+        if cfg.eval_at_start and state["iteration"] == 0 and state["last_eval"] is None:
+            state["last_eval"] = _evaluate(cfg, policy, env, out_dir, 0, logger, state)
         while state["iteration"] < cfg.iterations:
             if cfg.max_env_steps and state["env_steps"] >= cfg.max_env_steps:
                 break
@@ -441,6 +483,20 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                 policy.load_state_dict(load_policy(restore, cfg).state_dict())
                 break
             t_update = time.perf_counter() - t1
+            t2 = time.perf_counter()
+            diag = iteration_diagnostics(  # why the policy does (not) improve: lastr1.train.diagnostics
+                policy,
+                roll,
+                old,
+                cfg.algo,
+                advantage_kind=adv_kind,
+                task_names=[t.name for t in env.tasks],
+                anchor=anchor,
+                detach_value=not cfg.value_trains_backbone,
+                batch_size=-(-roll.num_decisions // cfg.minibatches),  # one update minibatch
+                seed=cfg.seed * 100_003 + it + 11,
+            )
+            diag["sec_diag"] = time.perf_counter() - t2
             steps = int(roll.env_steps.sum())
             state["env_steps"] += steps
             state["iteration"] = it
@@ -448,6 +504,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                 "env_steps": state["env_steps"],
                 **_rollout_metrics(roll, env),
                 **upd,
+                **diag,
                 "env_steps_per_s": steps / max(t_collect, 1e-9),
                 "sec_collect": t_collect,
                 "sec_update": t_update,

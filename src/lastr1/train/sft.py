@@ -31,14 +31,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lastr1.config import save_config
 from lastr1.data.episodes import Dataset, load_dataset
 from lastr1.data.stats import load_statistics
 from lastr1.envs.base import Observation
+from lastr1.models.latent import SequenceLayout
 from lastr1.models.policy import LastR1Policy, PolicyConfig
 from lastr1.models.teachers.base import TeacherConfig
-from lastr1.train.checkpoint import CheckpointManager
+from lastr1.train.checkpoint import CheckpointManager, all_finite, load_state
 from lastr1.train.metrics import MetricsLogger
+from lastr1.train.run_dir import RunLock, writable_dir
+from lastr1.train.run_record import config_changes, resume_point, write_record
 
 
 @dataclass
@@ -70,6 +72,11 @@ class SFTConfig:
     seed: int = 0
     threads: int = 1  # torch threads; >1 is much slower when another process keeps a core busy
     resume: bool = True
+    # start over in an `out` that holds a run's checkpoints, deleting them (never done otherwise)
+    overwrite: bool = False
+    # settings a resume may change from the run's config.yaml (e.g. lr,batch_size; a group name
+    # such as policy allows all its fields); the old and new values go to config_history.jsonl
+    allow_changes: list[str] = field(default_factory=list)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -158,13 +165,13 @@ def _lengths(
     candidates = torch.tensor(lay.candidate_lengths())
     if cfg.stop_target == "uniform":
         return candidates[torch.randint(len(candidates), task.shape, generator=gen)]
-    table = _target_table(cfg, policy, names)
+    table = _target_table(cfg, policy.layout, names)
     return torch.tensor([table[names[i]] for i in task.tolist()])
 
 
-def _target_table(cfg: SFTConfig, policy: LastR1Policy, names: list[str]) -> dict[str, int]:
-    allowed = policy.layout.candidate_lengths()
-    default = cfg.default_target_len or policy.layout.k_max
+def _target_table(cfg: SFTConfig, layout: SequenceLayout, names: list[str]) -> dict[str, int]:
+    allowed = layout.candidate_lengths()
+    default = cfg.default_target_len or layout.k_max
     table = {n: default for n in names}
     for item in cfg.target_lengths:
         if "=" not in item:
@@ -236,38 +243,61 @@ def _policy_config(cfg: SFTConfig, dataset: Dataset) -> PolicyConfig:
 
 
 def train_sft(cfg: SFTConfig) -> Path:
-    """Train (or resume) and return the directory of the final policy checkpoint."""
+    """Train (or resume) and return the directory of the final policy checkpoint.
+
+    ``cfg.out`` is held under an exclusive lock for the whole run (:mod:`lastr1.train.run_dir`)."""
+    with RunLock(cfg.out):
+        return _train_sft(cfg)
+
+
+def _train_sft(cfg: SFTConfig) -> Path:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    out_dir = Path(cfg.out)
+    mgr = CheckpointManager(out_dir / "checkpoints")
+    latest = resume_point(out_dir, mgr, cfg.resume, cfg.overwrite)
+    changes = config_changes(out_dir, cfg, cfg.allow_changes) if latest is not None else {}
     dataset = load_dataset(cfg.data)
     stats = load_statistics(cfg.data)
     targets = None
     pcfg = _policy_config(cfg, dataset)
+    if cfg.stop_target == "per_task" and pcfg.k_max:  # checked now, not at the first step
+        layout = SequenceLayout(0, pcfg.k_max, pcfg.chunk * pcfg.action_dim, pcfg.latent_group)
+        _target_table(cfg, layout, sorted({ep.task for ep in dataset}))
     if pcfg.k_max and cfg.latent_weight > 0:
         from lastr1.data.latent_targets import compute_dataset_latent_targets
 
         teacher = dataclasses.replace(cfg.teacher, k_max=pcfg.k_max)
-        cache = compute_dataset_latent_targets(cfg.data, teacher, progress=cfg.progress)
+        # a read-only dataset folder cannot hold the target cache: keep it in the run instead
+        cache_root = None if writable_dir(cfg.data) else out_dir
+        if cache_root is not None:
+            print(f"note: {cfg.data} is not writable; caching latent targets under {out_dir}")
+        cache = compute_dataset_latent_targets(
+            cfg.data, teacher, progress=cfg.progress, cache_root=cache_root
+        )
         targets = [cache.targets(i) for i in range(len(dataset))]
         width = int(targets[0].shape[-1])
         # as wide as the model: align the latent itself (the reference); else a learned projection
         pcfg = dataclasses.replace(pcfg, target_dim=0 if width == pcfg.d_model else width)
-    out_dir = Path(cfg.out)
-    mgr = CheckpointManager(out_dir / "checkpoints")
-    latest = mgr.latest() if cfg.resume else None
     policy = LastR1Policy.from_pretrained(latest / "policy") if latest else LastR1Policy(pcfg, stats)
     data = build_sft_data(dataset, policy, targets)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
     gen = torch.Generator().manual_seed(cfg.seed)
     if latest is not None:
-        opt.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
-        state = json.loads((latest / "trainer_state.json").read_text())
-        step = state["step"]
-        gen.set_state(torch.load(latest / "rng.pt", weights_only=True))
+        opt.load_state_dict(load_state(latest / "optimizer.pt"))
+        for group in opt.param_groups:  # this config's decay (the lr is set every step)
+            group["weight_decay"] = cfg.weight_decay
+        try:
+            step = json.loads((latest / "trainer_state.json").read_text())["step"]
+        except (OSError, json.JSONDecodeError, KeyError):
+            raise ValueError(
+                f"{latest / 'trainer_state.json'} is unreadable; delete {latest} to resume from the "
+                "checkpoint before it, or pass overwrite=true to start over"
+            ) from None
+        gen.set_state(load_state(latest / "rng.pt"))
         print(f"resuming SFT in {out_dir} from step {step}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
+    write_record(out_dir, cfg, changes, step)  # every setting checked: the run has started
     logger = MetricsLogger(out_dir, resume_step=step if latest else None)
     n = data.tokens.shape[0]
     policy.train()
@@ -280,7 +310,7 @@ def train_sft(cfg: SFTConfig) -> Path:
             idx = torch.randint(n, (min(cfg.batch_size, n),), generator=gen)
             loss, metrics = sft_loss(policy, data, idx, cfg, gen)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite SFT loss at step {step}; last good checkpoint kept")
+                raise FloatingPointError(f"non-finite SFT loss at step {step + 1}; {_kept(mgr)}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
@@ -294,6 +324,9 @@ def train_sft(cfg: SFTConfig) -> Path:
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['action_acc']:.2f}")
             bar.update(1)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                # a finite loss can still give non-finite weights: never keep them as "good"
+                if not all_finite(policy):
+                    raise FloatingPointError(f"non-finite weights after SFT step {step}; {_kept(mgr)}")
                 _save(mgr, policy, opt, gen, step)
     finally:
         bar.close()
@@ -302,6 +335,14 @@ def train_sft(cfg: SFTConfig) -> Path:
     final = out_dir / "final"
     policy.save_pretrained(final)
     return final
+
+
+def _kept(mgr: CheckpointManager) -> str:
+    """Which checkpoint a stopped run keeps, for its message."""
+    good = mgr.latest()
+    if good is None:
+        return "no checkpoint was saved; lower lr and rerun"
+    return f"the last good checkpoint is kept ({good.name}); lower lr and rerun with allow_changes=lr to resume from it"
 
 
 def _save(
