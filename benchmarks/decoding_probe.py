@@ -38,11 +38,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
 
-from lastr1.config import ConfigError, from_dict, parse_overrides
+from lastr1.config import ConfigError
 from lastr1.envs import EnvConfig, make_env
 from lastr1.eval.evaluate import evaluate
 from lastr1.eval.stats import wilson_interval
-from lastr1.models.decode import DecodeConfig
+from lastr1.models.decode import DecodeConfig, with_overrides
 from lastr1.models.policy import LastR1Policy
 
 
@@ -72,13 +72,7 @@ def _args() -> argparse.Namespace:
 def checkpoint_decode(policy: LastR1Policy, overrides: list[str]) -> DecodeConfig:
     """The checkpoint's own decode (``policy.decode``) with the ``decode.*`` overrides on top."""
     try:
-        over = parse_overrides(overrides)
-        extra = over.pop("decode", {})
-        if over or not isinstance(extra, dict):
-            raise ConfigError(
-                f"only decode.* overrides apply here (e.g. decode.stop_scope=episode), got {overrides}"
-            )
-        return from_dict(DecodeConfig, {**dataclasses.asdict(policy.decode), **extra}, prefix="decode")
+        return with_overrides(policy.decode, overrides)
     except ConfigError as exc:
         raise SystemExit(str(exc)) from None
 

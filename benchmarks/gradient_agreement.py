@@ -33,7 +33,6 @@ overrides on top; here the demo RL's rollout decode on its SFT checkpoint::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -45,9 +44,9 @@ import torch
 from tqdm import tqdm
 
 from lastr1.algos import AlgoConfig, NewTerms, get_algorithm
-from lastr1.config import ConfigError, from_dict, parse_overrides
+from lastr1.config import ConfigError
 from lastr1.envs import EnvConfig, EpisodeSpec, make_env
-from lastr1.models.decode import DecodeConfig
+from lastr1.models.decode import DecodeConfig, with_overrides
 from lastr1.models.policy import LastR1Policy
 from lastr1.models.policy_io import PolicyBatch
 from lastr1.rollout.collector import Rollout, collect, merge_rollouts
@@ -77,13 +76,7 @@ def _args() -> argparse.Namespace:
 def checkpoint_decode(policy: LastR1Policy, overrides: list[str]) -> DecodeConfig:
     """The checkpoint's own decode (``policy.decode``) with the ``decode.*`` overrides on top."""
     try:
-        over = parse_overrides(overrides)
-        extra = over.pop("decode", {})
-        if over or not isinstance(extra, dict):
-            raise ConfigError(
-                f"only decode.* overrides apply here (e.g. decode.stop_scope=episode), got {overrides}"
-            )
-        return from_dict(DecodeConfig, {**dataclasses.asdict(policy.decode), **extra}, prefix="decode")
+        return with_overrides(policy.decode, overrides)
     except ConfigError as exc:
         raise SystemExit(str(exc)) from None
 

@@ -84,3 +84,31 @@ def run_expert_eval(env, episodes_per_task, out) -> dict:
     )
     assert eval_command.run(cfg) == 0
     return json.loads((out / "eval.json").read_text())
+
+
+def random_terms(b=5, t=4, k=3, d=6, seed=0, dtype=torch.float64, kl=False):
+    """Seeded ``(NewTerms, OldTerms)`` of a 5-decision minibatch for the algorithms' loss tests:
+    ratios away from 1, a mix of latent lengths, differentiable new terms."""
+    from lastr1.algos import NewTerms, OldTerms
+
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    old = OldTerms(
+        advantages=rnd(b),
+        returns=rnd(b),
+        values=rnd(b),
+        logp_action_tokens=-rnd(b, t).abs(),
+        logp_stop=-rnd(b).abs(),
+        latents=rnd(b, k, d) * 3,
+        latent_mask=torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.bool),
+    )
+    new = NewTerms(
+        logp_action_tokens=(old.logp_action_tokens + 0.4 * rnd(b, t)).requires_grad_(),
+        logp_stop=(old.logp_stop + 0.5 * rnd(b)).requires_grad_(),
+        latent_mu=(old.latents + 4 * rnd(b, k, d)).requires_grad_(),
+        values=(old.values + 0.7 * rnd(b)).requires_grad_(),
+        entropy=rnd(b).abs().requires_grad_(),
+        kl_ref=rnd(b).abs().requires_grad_() if kl else None,
+        stop_kl_ref=rnd(b).abs().requires_grad_() if kl else None,
+    )
+    return new, old

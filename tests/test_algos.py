@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from conftest import random_terms
 from lastr1.algos import AlgoConfig, NewTerms, OldTerms, StopConfig, gae, get_algorithm, grpo, whiten
 from lastr1.algos.lapo import latent_log_ratio
 
@@ -74,25 +75,7 @@ def test_whiten_per_task_centres_each_task():
 
 
 def _terms(b=5, t=4, k=3, d=6, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    rnd = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
-    old = OldTerms(
-        advantages=rnd(b),
-        returns=rnd(b),
-        values=rnd(b),
-        logp_action_tokens=-rnd(b, t).abs(),
-        logp_stop=-rnd(b).abs(),
-        latents=rnd(b, k, d) * 3,
-        latent_mask=torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.bool),
-    )
-    new = NewTerms(
-        logp_action_tokens=(old.logp_action_tokens + 0.4 * rnd(b, t)).requires_grad_(),
-        logp_stop=(old.logp_stop + 0.5 * rnd(b)).requires_grad_(),
-        latent_mu=(old.latents + 4 * rnd(b, k, d)).requires_grad_(),
-        values=(old.values + 0.7 * rnd(b)).requires_grad_(),
-        entropy=rnd(b).abs().requires_grad_(),
-    )
-    return new, old
+    return random_terms(b, t, k, d, seed, dtype)
 
 
 def _reference_lapo(new: NewTerms, old: OldTerms, cfg: AlgoConfig) -> torch.Tensor:

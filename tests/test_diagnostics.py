@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lastr1.train.rl as rl
-from conftest import TINY_POLICY
+from conftest import TINY_POLICY, random_terms
 from lastr1.algos import AlgoConfig, NewTerms, OldTerms, StopConfig, get_algorithm
 from lastr1.envs import EnvConfig, EpisodeSpec, make_env
 from lastr1.eval.report import plot_diagnostics, write_run_report
@@ -118,27 +118,7 @@ def test_gradient_shares_by_hand():
 
 
 def _terms(b=5, t=4, k=3, d=6, seed=0, kl=False):
-    g = torch.Generator().manual_seed(seed)
-    rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    old = OldTerms(
-        advantages=rnd(b),
-        returns=rnd(b),
-        values=rnd(b),
-        logp_action_tokens=-rnd(b, t).abs(),
-        logp_stop=-rnd(b).abs(),
-        latents=rnd(b, k, d) * 3,
-        latent_mask=torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.bool),
-    )
-    new = NewTerms(
-        logp_action_tokens=(old.logp_action_tokens + 0.4 * rnd(b, t)).requires_grad_(),
-        logp_stop=(old.logp_stop + 0.5 * rnd(b)).requires_grad_(),
-        latent_mu=(old.latents + 4 * rnd(b, k, d)).requires_grad_(),
-        values=(old.values + 0.7 * rnd(b)).requires_grad_(),
-        entropy=rnd(b).abs().requires_grad_(),
-        kl_ref=rnd(b).abs().requires_grad_() if kl else None,
-        stop_kl_ref=rnd(b).abs().requires_grad_() if kl else None,
-    )
-    return new, old
+    return random_terms(b, t, k, d, seed, torch.float32, kl)
 
 
 @pytest.mark.parametrize("algo", ["lapo", "ppo_action", "grpo_action"])

@@ -79,3 +79,19 @@ def split_legacy_config(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
     arch = {k: v for k, v in data.items() if k not in DECODE_KEYS}
     decode = {k: v for k, v in data.items() if k in DECODE_KEYS}
     return arch, decode
+
+
+def with_overrides(base: DecodeConfig, overrides: list[str]) -> DecodeConfig:
+    """``base`` (e.g. a checkpoint's own decode) with ``decode.key=value`` overrides on top; any
+    other key is a :class:`~lastr1.config.ConfigError` naming the one form that applies here."""
+    from dataclasses import asdict
+
+    from lastr1.config import ConfigError, from_dict, parse_overrides
+
+    over = parse_overrides(overrides)
+    extra = over.pop("decode", {})
+    if over or not isinstance(extra, dict):
+        raise ConfigError(
+            f"only decode.* overrides apply here (e.g. decode.stop_scope=episode), got {overrides}"
+        )
+    return from_dict(DecodeConfig, {**asdict(base), **extra}, prefix="decode")
