@@ -41,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 from lastr1.algos import get_algorithm
+from lastr1.algos.base import STOP_TRAINING_OPTIONS
 from lastr1.config import load_config, split_preset
 from lastr1.envs import make_env
 from lastr1.envs.base import Observation
@@ -115,7 +116,7 @@ def run_config(a: argparse.Namespace, algo: str, seed: int, progress: bool) -> R
     run = Path(a.out) / algo / f"seed{seed}"
     overrides = list(a.overrides)
     if not get_algorithm(algo).trains_reasoning:
-        lapo_only = ("algo.stop.kl_coef", "algo.stop.advantage", "algo.stop.context")
+        lapo_only = tuple(f"algo.stop.{name}" for name in STOP_TRAINING_OPTIONS)
         overrides = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(lapo_only)]
     return load_config(
         RLConfig,

@@ -11,6 +11,9 @@ from typing import Literal, Protocol
 
 import torch
 
+# the stop options that only an algorithm training the stop (LAPO) uses; `lr` is everyone's
+STOP_TRAINING_OPTIONS = ("kl_coef", "advantage", "context")
+
 
 @dataclass
 class StopConfig:
@@ -51,6 +54,12 @@ class StopConfig:
             ("algo.stop.context=true", "false", self.context),
         ]
         return [(option, off) for option, off, on in used if on]
+
+
+def without_stop_training(stop_section: dict) -> dict:
+    """A config's ``algo.stop`` section for an algorithm that does not train the stop: the options
+    only LAPO uses (:data:`STOP_TRAINING_OPTIONS`) dropped, the rest kept."""
+    return {k: v for k, v in stop_section.items() if k not in STOP_TRAINING_OPTIONS}
 
 
 @dataclass

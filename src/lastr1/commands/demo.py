@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lastr1.algos import get_algorithm
+from lastr1.algos.base import without_stop_training
 from lastr1.commands import make_demos
 from lastr1.config import ConfigError, from_dict, load_preset, preset_path
 from lastr1.eval.evaluate import eval_files, format_table, save_eval
@@ -62,8 +64,8 @@ def stage_configs(cfg: Config, run_dir: Path) -> tuple[make_demos.Config, SFTCon
         sft_cfg = dataclasses.replace(sft_cfg, seed=cfg.seed, progress=cfg.progress)
         rl_data = {**sections["rl"], "checkpoint": str(run_dir / "sft" / "final"), "out": str(run_dir / "rl")}
         rl_data["algo"] = {**rl_data.get("algo", {}), "name": cfg.algo}
-        if cfg.algo != "lapo":  # the stop's training options are LAPO's; the baselines keep the rest
-            rl_data["algo"]["stop"] = {"lr": rl_data["algo"].get("stop", {}).get("lr", 0.0)}
+        if not get_algorithm(cfg.algo).trains_reasoning:  # the baselines keep the rest of the setting
+            rl_data["algo"]["stop"] = without_stop_training(rl_data["algo"].get("stop", {}))
         rl_data.update(seed=cfg.seed, progress=cfg.progress)
         rl_cfg = from_dict(RLConfig, rl_data, prefix="rl")
     except ConfigError as exc:
