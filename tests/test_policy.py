@@ -183,6 +183,27 @@ def test_k_max_zero_has_no_latents_and_no_stop() -> None:
     assert sft.latents.shape == (B, 0, 32) and sft.action_logits.shape == (B, 14, 256)
 
 
+def test_greedy_stop_mean_rule() -> None:
+    # near-tie between the shortest and the longest candidate: the argmax jumps across the range on a
+    # tiny change, the mean rule moves at most one candidate
+    a = torch.tensor([[0.51, 0.0, 0.0, 0.49], [0.49, 0.0, 0.0, 0.51]]).clamp_min(1e-6).log()
+    argmax = choose_stop(a, "greedy", 1.0, 1.01)[0].tolist()
+    mean = choose_stop(a, "greedy", 1.0, 1.01, greedy_rule="mean")[0].tolist()
+    assert argmax == [0, 3] and mean == [1, 2]
+    # a peaked distribution decodes to its peak; the log-prob is the chosen candidate's
+    b = torch.tensor([[0.01, 0.01, 0.97, 0.01]]).log()
+    index, logp = choose_stop(b, "greedy", 1.0, 0.99, greedy_rule="mean")
+    assert index.tolist() == [2]
+    torch.testing.assert_close(logp, torch.log_softmax(b, -1)[:, 2])
+    # and through the policy's decode config
+    policy = _policy()
+    out = policy.act(_obs(), mode="greedy", decode=DecodeConfig(greedy_stop="mean"))
+    probs = torch.softmax(out.stop_logits, -1)
+    expected = (probs @ torch.arange(probs.shape[-1], dtype=probs.dtype)).round().long()
+    lengths = torch.tensor(policy.layout.candidate_lengths())
+    assert torch.equal(out.latent_len, lengths[expected])
+
+
 def test_greedy_stop_hazard_rule() -> None:
     probs = torch.tensor([[0.5, 0.497, 0.002, 0.001], [0.2, 0.3, 0.4, 0.1], [0.995, 0.003, 0.001, 0.001]])
     logits = probs.log()

@@ -65,7 +65,9 @@ def length_summary(policy: LastR1Policy, inputs: PolicyInputs, task: torch.Tenso
         logits = policy.act(inputs, mode="greedy").stop_logits
     probs = torch.softmax(logits / policy.decode.stop_temperature, dim=-1)
     expected = probs @ lengths
-    index, _ = choose_stop(logits, "greedy", 1.0, policy.decode.eval_stop_threshold)
+    index, _ = choose_stop(
+        logits, "greedy", 1.0, policy.decode.eval_stop_threshold, greedy_rule=policy.decode.greedy_stop
+    )
     greedy = lengths[index]
     rows = [task == t for t in range(num_tasks)]
     return {

@@ -30,7 +30,11 @@ class DecodeConfig:
     # episode's first decision and kept (the collector passes it back), so one stop decision sets the
     # whole episode's reasoning length and RL credits it with the whole outcome
     stop_scope: Literal["decision", "episode"] = "decision"
-    # greedy stop rule: the first candidate whose hazard p_j / sum_{i>=j} p_i reaches this
+    # greedy stop rule. "threshold" (reference): the first candidate whose hazard
+    # p_j / sum_{i>=j} p_i reaches eval_stop_threshold, else the argmax. "mean": the candidate
+    # nearest the distribution's expected length, which moves smoothly with the weights instead of
+    # jumping between near-tied candidates (docs/rl.md, "Guarding the greedy stop")
+    greedy_stop: Literal["threshold", "mean"] = "threshold"
     eval_stop_threshold: float = 0.99
     # probe: a fixed reasoning length instead of the stop decision (0 = the stop decides)
     force_latent_len: int = 0
@@ -45,6 +49,10 @@ class DecodeConfig:
             (
                 self.stop_scope in ("decision", "episode"),
                 f"stop_scope={self.stop_scope!r} must be 'decision' (reference) or 'episode'",
+            ),
+            (
+                self.greedy_stop in ("threshold", "mean"),
+                f"greedy_stop={self.greedy_stop!r} must be 'threshold' (reference) or 'mean'",
             ),
             (
                 0 < self.eval_stop_threshold <= 1,

@@ -140,6 +140,7 @@ def choose_stop(
     temperature: float,
     threshold: float,
     generator: torch.Generator | None = None,
+    greedy_rule: str = "threshold",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick a stop candidate per sample; return ``(index (B,), log-prob (B,))``.
 
@@ -150,11 +151,17 @@ def choose_stop(
     candidate's hazard is always 1, so it only wins through the argmax. Both rules read only the
     categorical that sampling and the PPO ratio use, so they are invariant to a shift of all logits:
     RL, which trains that categorical, cannot move the greedy stop through a drift it never sees.
+    ``greedy_rule="mean"`` instead takes the candidate nearest the expected index (candidates are
+    evenly spaced lengths): a near-tie between distant candidates, which an update of the shared
+    trunk can flip, moves it by at most one step instead of across the range.
     The log-prob is always taken from that categorical (the caller passes temperature 1 for greedy).
     """
     logp_all = F.log_softmax(logits / temperature, dim=-1)
     if mode == "sample":
         index = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+    elif greedy_rule == "mean":
+        positions = torch.arange(logits.shape[-1], dtype=logp_all.dtype, device=logits.device)
+        index = (logp_all.exp() @ positions).round().long()
     else:
         # log Σ_{i≥j} p_i by a reversed log-cumsum-exp
         tail = torch.logcumsumexp(logp_all.flip(-1), dim=-1).flip(-1)

@@ -394,7 +394,9 @@ class LastR1Policy(nn.Module):
         latents, chain = self._run_latents(stream, h_prefix, noise, generator)
         stop_logits = self._stop_logits(chain)
         if lay.k_max:
-            stop_index, logp_stop = choose_stop(stop_logits, mode, s_temp, dec.eval_stop_threshold, generator)
+            stop_index, logp_stop = choose_stop(
+                stop_logits, mode, s_temp, dec.eval_stop_threshold, generator, dec.greedy_stop
+            )
             if dec.force_latent_len:
                 stop_index = torch.full_like(stop_index, dec.force_latent_len // lay.latent_group - 1)
             elif keep_stop is not None:
