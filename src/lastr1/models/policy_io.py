@@ -67,7 +67,7 @@ class PolicyInputs(_TensorData):
 
     images: torch.Tensor  # uint8 (B, V, H, W, 3)
     proprio: torch.Tensor  # float32 (B, P); P = 0 when the policy ignores proprio
-    instruction_ids: torch.Tensor  # long (B, T), 0 = padding
+    instruction_ids: torch.Tensor  # long (B, T); padding where instruction_mask is False
     instruction_mask: torch.Tensor  # bool (B, T)
 
     def __len__(self) -> int:

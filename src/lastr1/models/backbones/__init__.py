@@ -3,6 +3,10 @@
 Every backbone takes input *embeddings*, explicit position ids, an explicit boolean attention mask
 ``(B, L, L_past + L)`` and an optional per-layer KV cache, and returns final-normed hidden states plus
 the extended cache (see :class:`Backbone`). The policy never touches token ids of the backbone.
+
+Implementations: :mod:`.tiny` (from scratch, the default) and :mod:`.qwen3_vl` (Qwen3-VL through
+transformers, built by :mod:`.factory`; imported only when chosen, so transformers stays optional;
+docs/backbones.md).
 """
 
 from __future__ import annotations

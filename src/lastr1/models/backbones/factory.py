@@ -1,0 +1,55 @@
+"""Build a pretrained backbone and its observation encoder from a ``PolicyConfig``, and save/load the
+backbone's weights beside the policy's own.
+
+Why here: :class:`~lastr1.models.policy.LastR1Policy` stays backbone-agnostic. The tiny backbone is
+still built inline by the policy (its construction order fixes the seeded weights of every existing
+run); every other backbone comes from :func:`build_backbone`, and :data:`EXTERNAL` says which
+backbones keep their weights in their own folder of a saved policy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+BACKBONE_DIR = "backbone"  # subfolder of a saved policy holding an externally saved backbone
+EXTERNAL = {"qwen3_vl"}  # backbones saved in their own (HF) layout, not in model.safetensors
+STATE_PREFIX = "backbone."  # their weights' keys in the policy's state dict
+
+
+def build_backbone(cfg: Any) -> tuple[nn.Module, nn.Module]:
+    """``(backbone, observation encoder)`` for ``cfg.backbone`` (not ``tiny``)."""
+    if cfg.backbone == "qwen3_vl":
+        from lastr1.models.backbones.qwen3_vl import build_qwen3_vl
+
+        return build_qwen3_vl(
+            cfg.pretrained,
+            cfg.qwen3_vl_size,
+            cfg.image_size,
+            cfg.num_views,
+            cfg.instruction_max_len,
+            cfg.proprio_dim if cfg.use_proprio else 0,
+            cfg.d_model,
+        )
+    raise ValueError(f"backbone={cfg.backbone!r} has no factory; use 'tiny' or 'qwen3_vl'")
+
+
+def save_external(policy: nn.Module, directory: Path) -> bool:
+    """Write an external backbone to ``directory / BACKBONE_DIR`` in its own layout; False for tiny."""
+    if policy.config.backbone not in EXTERNAL:
+        return False
+    from lastr1.models.backbones.qwen3_vl import save_qwen3_vl
+
+    enc = policy.obs_encoder
+    save_qwen3_vl(policy.backbone.model, enc.tokenizer, enc.image_processor, directory / BACKBONE_DIR)
+    return True
+
+
+def own_state(policy: nn.Module) -> dict[str, Any]:
+    """The policy's state dict without an external backbone's weights (those are saved separately)."""
+    state = policy.state_dict()
+    if policy.config.backbone in EXTERNAL:
+        state = {k: v for k, v in state.items() if not k.startswith(STATE_PREFIX)}
+    return state

