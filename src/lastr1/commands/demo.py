@@ -21,7 +21,7 @@ from typing import Any, Literal
 from lastr1.algos import get_algorithm
 from lastr1.algos.base import without_stop_training
 from lastr1.commands import make_demos
-from lastr1.config import ConfigError, from_dict, load_preset, preset_path
+from lastr1.config import ConfigError, from_dict, load_preset, merge, preset_path
 from lastr1.eval.evaluate import eval_files, format_table, save_eval
 from lastr1.eval.report import write_run_report
 from lastr1.train.rl import RLConfig, train_rl
@@ -39,14 +39,23 @@ class Config:
     algo: Literal["lapo", "ppo_action", "grpo_action"] = "lapo"
     seed: int = 0
     progress: bool = True
+    # the policy's architecture, merged into the preset's sft.policy (RL and the evaluations read it
+    # from the SFT checkpoint), e.g. policy.backbone=qwen3_vl policy.qwen3_vl_size=tiny
+    policy: dict[str, Any] = field(default_factory=dict)
+    # any other field of a stage, merged into that section of the preset and checked by the stage's
+    # own config, e.g. sft.steps=10 rl.iterations=1 make_demos.episodes_per_task=2
+    make_demos: dict[str, Any] = field(default_factory=dict)
+    sft: dict[str, Any] = field(default_factory=dict)
+    rl: dict[str, Any] = field(default_factory=dict)
 
 
 def stage_configs(cfg: Config, run_dir: Path) -> tuple[make_demos.Config, SFTConfig, RLConfig]:
     """The three stages' configs: the preset's sections with this run's paths, seed and tasks."""
     preset_path(cfg.preset)  # an unknown name fails here, naming the presets
     sections: dict[str, dict[str, Any]] = {}
+    extra = {"make_demos": cfg.make_demos, "sft": merge(cfg.sft, {"policy": cfg.policy}), "rl": cfg.rl}
     for section in ("make_demos", "sft", "rl"):
-        data = dict(load_preset(cfg.preset, section))
+        data = merge(load_preset(cfg.preset, section), extra[section])
         if cfg.tasks and section != "sft":
             data["env"] = {**data.get("env", {}), "tasks": list(cfg.tasks)}
         sections[section] = data
@@ -69,7 +78,8 @@ def stage_configs(cfg: Config, run_dir: Path) -> tuple[make_demos.Config, SFTCon
         rl_data.update(seed=cfg.seed, progress=cfg.progress)
         rl_cfg = from_dict(RLConfig, rl_data, prefix="rl")
     except ConfigError as exc:
-        raise ValueError(f"preset={cfg.preset}: {exc}") from None
+        given = bool(cfg.policy or cfg.make_demos or cfg.sft or cfg.rl)
+        raise ValueError(f"preset={cfg.preset}{' with your overrides' if given else ''}: {exc}") from None
     return demos_cfg, sft_cfg, rl_cfg
 
 

