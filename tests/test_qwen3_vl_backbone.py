@@ -737,3 +737,14 @@ def test_backbone_scale_benchmark_runs_its_scale_mode_at_tiny_size(capsys) -> No
     assert result["trainable"] < result["params"] and math.isfinite(result["loss"])
     assert result["precision"] == "bf16-true" and result["peak_rss_gb"] > 0
     assert "| one LAPO update |" in capsys.readouterr().out
+
+
+def test_rl_config_backbone_run_replaces_the_checkpoints_settings(qwen_dir, tmp_path) -> None:
+    from lastr1.config import load_config
+    from lastr1.train.rl import RLConfig, load_policy
+
+    out_dir = _policy(qwen_dir, run=BackboneRunConfig(freeze_vision=True)).save_pretrained(tmp_path / "p")
+    # null: RL runs the backbone the way the checkpoint's SFT run did
+    assert load_policy(out_dir, load_config(RLConfig)).backbone_run.freeze_vision
+    cfg = load_config(RLConfig, overrides=["backbone_run.gradient_checkpointing=true"])
+    assert load_policy(out_dir, cfg).backbone_run == BackboneRunConfig(gradient_checkpointing=True)

@@ -233,8 +233,11 @@ def _save(
 
 def load_policy(path: str | Path, cfg: RLConfig) -> LastR1Policy:
     """A checkpoint as this RL run acts with it: the run's decode (saved with every checkpoint it
-    writes) and, with ``algo.stop.context``, the stop's zero-initialised context readout."""
-    return LastR1Policy.from_pretrained(path, decode=cfg.decode, stop_context=cfg.algo.stop.context).eval()
+    writes), its backbone run settings if it sets them, and, with ``algo.stop.context``, the stop's
+    zero-initialised context readout."""
+    return LastR1Policy.from_pretrained(
+        path, decode=cfg.decode, stop_context=cfg.algo.stop.context, backbone_run=cfg.backbone_run
+    ).eval()
 
 
 def train_rl(cfg: RLConfig) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from lastr1.algos import AlgoConfig, get_algorithm
 from lastr1.envs import EnvConfig
+from lastr1.models.backbones.run_settings import BackboneRunConfig
 from lastr1.models.decode import DecodeConfig
 
 
@@ -43,6 +44,9 @@ class RLConfig:
     # the trained weights as decode.json, so `lastr1 eval` decodes the way RL trained
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     checkpoint: str = ""  # the SFT warm-up checkpoint to start from
+    # how a pretrained backbone runs (precision, activation checkpointing, frozen vision tower);
+    # null = as the checkpoint's SFT run did (its backbone_run.json; docs/backbones.md)
+    backbone_run: BackboneRunConfig | None = None
     out: str = "runs/rl"
     iterations: int = 20
     rollouts_per_iter: int = 16  # episodes per iteration (multiple of env.num_envs)
