@@ -1,4 +1,5 @@
-"""Rendered environment steps per second: one env vs 2 vectorised envs (in-process vs subprocesses).
+"""Rendered environment steps per second: one env vs 2 vectorised envs (in-process vs subprocesses),
+and for LIBERO what rendering only the decision frames buys.
 
 Why: rollouts dominate CPU RL time, so this tells which ``env.vector`` mode to use at which image
 size on this machine. Every number is measured in the same run, and each vector mode is reported as
@@ -7,9 +8,17 @@ a ratio to the single-env baseline of the same backend and image size.
     MUJOCO_GL=egl PYOPENGL_PLATFORM=egl PYTHONPATH=src python benchmarks/env_throughput.py
     ... --sizes 64,128 --steps 200 --backends metaworld
     ... --backends libero --libero-sizes 64,128,224
+    ... --backends libero-render --libero-sizes 64,128 --libero-steps 48 --rounds 2
 
 Counts are env steps (one slot stepping once = one step) with uniform random actions, agent view only;
 construction, the first reset and (for ``async``) process start-up are excluded.
+
+``libero-render`` (one LIBERO env, agent + wrist view unless ``--libero-views 1``) steps the same
+random actions from the same start three ways, interleaved over ``--rounds`` so load on a shared
+machine hits all three alike: ``every step`` renders after every step (what LIBERO did before
+decision-frame rendering), ``decision frames`` renders only after the last step of each
+``--chunk``-step action chunk (what the rollout collector asks for), ``physics only`` renders
+nothing (the limit). Ratios are against ``every step``.
 """
 
 from __future__ import annotations
@@ -77,6 +86,44 @@ def bench_backend(backend: str, task: str, sizes: list[int], steps: int, num_env
     return rows
 
 
+RENDER_MODES = ("every step", "decision frames", "physics only")
+
+
+def bench_libero_render(
+    task: str, sizes: list[int], steps: int, chunk: int, views: int, rounds: int
+) -> list[tuple]:
+    """Steps/s of one LIBERO env per rendering mode (module docstring), rows (size, mode, rate, ratio)."""
+    from lastr1.envs import libero
+
+    rows = []
+    for size in sizes:
+        cfg = EnvConfig(
+            backend="libero", tasks=[task] if task else [], image_size=size, wrist_view=views == 2
+        )
+        env = libero.make_single_env(resolve_tasks(cfg)[0], cfg)
+        seconds = dict.fromkeys(RENDER_MODES, 0.0)
+        try:
+            actions = np.random.default_rng(0).uniform(-1, 1, size=(steps, 7))
+            for _ in range(rounds):
+                for mode in RENDER_MODES:
+                    env.reset("train", 0)
+                    start = time.perf_counter()
+                    for k, a in enumerate(actions):
+                        render = mode == "every step" or (
+                            mode == "decision frames" and k % chunk == chunk - 1
+                        )
+                        env.step(a, render=render)
+                    seconds[mode] += time.perf_counter() - start
+        finally:
+            env.close()
+        base = rounds * steps / seconds["every step"]
+        for mode in RENDER_MODES:
+            rate = rounds * steps / seconds[mode]
+            rows.append((size, mode, rate, rate / base))
+            print(f"  libero {size}px {mode}: {rate:.1f} steps/s", file=sys.stderr, flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -90,29 +137,53 @@ def main(argv: list[str] | None = None) -> int:
         help="LIBERO image sizes (building a LIBERO env takes seconds, so the default keeps one size)",
     )
     parser.add_argument("--num-envs", type=int, default=2, help="slots of the vectorised runs")
-    parser.add_argument("--backends", default="metaworld,libero", help="comma-separated backends")
+    parser.add_argument(
+        "--backends", default="metaworld,libero,libero-render", help="comma-separated backends"
+    )
     parser.add_argument("--metaworld-task", default=DEFAULT_TASK["metaworld"])
     parser.add_argument("--libero-task", default="", help="LIBERO task name/id (default: first default task)")
+    parser.add_argument(
+        "--chunk", type=int, default=8, help="libero-render: steps per decision (action chunk)"
+    )
+    parser.add_argument("--libero-views", type=int, default=2, choices=(1, 2), help="libero-render: cameras")
+    parser.add_argument("--rounds", type=int, default=2, help="libero-render: interleaved rounds per mode")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    libero_sizes = [int(s) for s in args.libero_sizes.split(",") if s.strip()]
     rows: list[tuple] = []
+    render_rows: list[tuple] = []
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        if backend == "libero":
+        if backend in ("libero", "libero-render"):
             try:
                 importlib.import_module("lastr1.envs.libero")
             except ImportError as exc:
-                print(f"libero: skipped (lastr1.envs.libero does not import: {exc})")
+                print(f"{backend}: skipped (lastr1.envs.libero does not import: {exc})")
                 continue
-            libero_sizes = [int(s) for s in args.libero_sizes.split(",") if s.strip()]
+        if backend == "libero":
             rows += bench_backend("libero", args.libero_task, libero_sizes, args.libero_steps, args.num_envs)
+        elif backend == "libero-render":
+            render_rows += bench_libero_render(
+                args.libero_task, libero_sizes, args.libero_steps, args.chunk, args.libero_views, args.rounds
+            )
         elif backend == "metaworld":
             rows += bench_backend("metaworld", args.metaworld_task, sizes, args.steps, args.num_envs)
         else:
-            parser.error(f"--backends: unknown backend {backend!r}; use metaworld and/or libero")
-    print(f"\nrendered env steps/s (agent view, random actions, {os.cpu_count()} CPUs)")
-    print(f"{'backend':<10} {'size':>5} {'mode':<7} {'envs':>4} {'steps/s':>9} {'vs single':>9}")
-    for backend, size, mode, n, rate, ratio in rows:
-        print(f"{backend:<10} {size:>5} {mode:<7} {n:>4} {rate:>9.1f} {ratio:>8.2f}x")
+            parser.error(
+                f"--backends: unknown backend {backend!r}; use metaworld, libero and/or libero-render"
+            )
+    if rows:
+        print(f"\nrendered env steps/s (agent view, random actions, {os.cpu_count()} CPUs)")
+        print(f"{'backend':<10} {'size':>5} {'mode':<7} {'envs':>4} {'steps/s':>9} {'vs single':>9}")
+        for backend, size, mode, n, rate, ratio in rows:
+            print(f"{backend:<10} {size:>5} {mode:<7} {n:>4} {rate:>9.1f} {ratio:>8.2f}x")
+    if render_rows:
+        print(
+            f"\nLIBERO steps/s by rendering ({args.libero_views} camera(s), chunk {args.chunk}, "
+            f"{args.rounds} x {args.libero_steps} steps per mode, one env, {os.cpu_count()} CPUs)"
+        )
+        print(f"{'size':>5} {'rendering':<16} {'steps/s':>8} {'vs every step':>13}")
+        for size, mode, rate, ratio in render_rows:
+            print(f"{size:>5} {mode:<16} {rate:>8.1f} {ratio:>12.2f}x")
     return 0
 
 

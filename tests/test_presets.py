@@ -124,7 +124,7 @@ def test_help_lists_every_field_with_type_default_and_meaning(capsys) -> None:
     text = capsys.readouterr().out
     for name, _tp, _default, _doc in describe(RLConfig):
         assert re.search(rf"^  {re.escape(name)}: ", text, re.M), name
-    assert "presets: demo, quick, reference" in text
+    assert "presets: demo, libero, quick, reference" in text
     meaning = {row[0]: row[3] for row in describe(RLConfig)}
     assert "episode" in meaning["decode.stop_scope"] and meaning["algo.action_ratio"]
     undocumented = [name for name, doc in meaning.items() if not doc]

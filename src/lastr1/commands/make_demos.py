@@ -3,7 +3,9 @@
 For each task the expert runs from ``init_set`` initial states 0, 1, 2, ... and only successful
 episodes are kept, until ``episodes_per_task`` are found or ``max_tries_per_task`` starts were
 used. The output is a dataset directory in the format of :mod:`lastr1.data.episodes` plus an mp4
-preview of the first kept episode per task. Example::
+preview of the first kept episode per task. Only the frames the dataset stores are rendered (see
+:func:`record_episode`; on LIBERO a frame costs ~3x a physics step, and a failed try renders only
+its first frame). The progress bar shows the expert's success so far (kept / tried) and env steps per second. Example::
 
     lastr1 make-demos env.tasks=reach-v3,drawer-open-v3 episodes_per_task=1 out=runs/demos
 """
@@ -97,25 +99,52 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def record_episode(
-    env: SingleEnv, expert: ScriptedExpert, task: TaskSpec, init_set: str, index: int
+    env: SingleEnv,
+    expert: ScriptedExpert,
+    task: TaskSpec,
+    init_set: str,
+    index: int,
+    *,
+    render_failed: bool = True,
 ) -> Episode:
-    """Run ``expert`` from one initial state until success or ``task.max_steps``."""
+    """Run ``expert`` from one initial state until success or ``task.max_steps``.
+
+    Renders only the frames the episode stores. Experts read the simulator, not the pixels, so every
+    step runs unrendered (``env.step(action, render=False)``) and the observation after step ``t`` is
+    drawn only when step ``t + 1`` follows; the one after the last action is never drawn. With
+    ``render_failed=False`` and an env that can draw past frames later (``frame_snapshot`` /
+    ``render_snapshots``: LIBERO, where a frame costs ~3x a physics step), frames are drawn after
+    the episode and only if it succeeded; a failed episode then has no images (``images`` has 0 rows).
+    """
     obs = env.reset(init_set, index)  # type: ignore[arg-type]
     expert.reset()
-    frames, proprio, privileged, actions, rewards, success = [], [], [], [], [], []
-    for _ in range(task.max_steps):
+    deferred = not render_failed and hasattr(env, "frame_snapshot") and hasattr(env, "render_snapshots")
+    frames: list[np.ndarray] = [obs.images]  # reset renders the first observation
+    frame_shape = np.shape(obs.images)
+    snapshots: list[object] = []
+    proprio, privileged, actions, rewards, success = [], [], [], [], []
+    for t in range(task.max_steps):
+        if t > 0:  # the observation after the previous step is stored: draw it (or keep what draws it)
+            if deferred:
+                snapshots.append(env.frame_snapshot())  # type: ignore[attr-defined]
+            else:
+                frames.append(env.observe().images)
         action = np.asarray(expert.act(obs), dtype=np.float32)
-        frames.append(obs.images)
         proprio.append(obs.proprio)
         privileged.append(obs.privileged)
         actions.append(action)
-        obs, reward, done = env.step(action)
+        obs, reward, done = env.step(action, render=False)
         rewards.append(reward)
         success.append(done)
         if done:
             break
+    if deferred and any(success):
+        frames.extend(env.render_snapshots(snapshots))  # type: ignore[attr-defined]
+    elif deferred:
+        frames = []
+    images = np.stack(frames) if frames else np.zeros((0, *frame_shape), dtype=np.uint8)
     return Episode(
-        images=np.stack(frames).astype(np.uint8),
+        images=images.astype(np.uint8),
         proprio=np.stack(proprio).astype(np.float32),
         actions=np.stack(actions).astype(np.float32),
         privileged=np.stack(privileged).astype(np.float32),
@@ -152,16 +181,27 @@ def run(cfg: Config) -> int:
     views = ["agent", "wrist"] if cfg.env.wrist_view else ["agent"]
     dims: dict[str, int] = {}
     start = time.time()
+    solved = tries_total = steps = 0  # the expert's successes, its tries and env steps, all tasks
+    recording = 0.0  # seconds spent in episodes (not building simulators)
     bar = tqdm(total=len(tasks) * cfg.episodes_per_task, desc="demos", unit="ep", file=sys.stderr)
+    bar.set_postfix(expert="0/0")
     for task in tasks:
         env = backend.make_single_env(task, cfg.env)
         kept = tries = 0
         try:
             expert = make_expert(cfg.env.backend, task, env)  # may refuse the task (ValueError)
             while kept < cfg.episodes_per_task and tries < cfg.max_tries_per_task:
-                episode = record_episode(env, expert, task, cfg.init_set, tries)
+                t_episode = time.perf_counter()
+                episode = record_episode(env, expert, task, cfg.init_set, tries, render_failed=False)
+                recording += time.perf_counter() - t_episode
                 tries += 1
-                bar.set_postfix(task=task.name, tries=tries)
+                solved += episode.succeeded
+                steps += len(episode)
+                bar.set_postfix(
+                    task=task.name,
+                    expert=f"{solved}/{tries_total + tries} ({solved / (tries_total + tries):.0%})",
+                    steps_s=f"{steps / recording:.1f}",  # env steps per second of recording
+                )
                 if not episode.succeeded:
                     continue
                 rel = Path(write_episode(out, len(records), episode)).relative_to(out)
@@ -189,6 +229,7 @@ def run(cfg: Config) -> int:
                 bar.update(1)
         finally:
             env.close()
+        tries_total += tries
         per_task[task.name] = {"episodes": kept, "tries": tries}
         tqdm.write(
             f"{task.name}: {kept}/{cfg.episodes_per_task} successful demos in {tries} tries", sys.stderr

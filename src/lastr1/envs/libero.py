@@ -24,11 +24,22 @@ Observations: images upright (LIBERO renders upside down; we rotate 180°, like 
 agent view first, wrist view (``robot0_eye_in_hand``) second when ``cfg.wrist_view``; proprio =
 end-effector position (3), orientation as axis-angle (3), gripper finger qpos (2); privileged: see
 :meth:`LiberoEnv.privileged_layout`.
+
+Rendering on demand: a frame costs ~90 ms per camera on CPU against ~35 ms of physics per step, and a
+policy reads one frame per action chunk. robosuite's camera *observables* render on a timer inside
+every step, and toggling them desynchronises that timer (a re-enabled camera returns a stale or
+blank frame), so they stay disabled for good. :meth:`LiberoEnv.render` draws the cameras directly
+with the simulator's own offscreen renderer, the exact call the observables make (same camera, size,
+GL context and scene options; pixel-identical, ``tests/test_libero_env.py``), and only when asked:
+on ``reset``, on ``step(render=True)`` and on :meth:`~LiberoEnv.observe` after unrendered steps, as
+the Meta-World backend does. :meth:`~LiberoEnv.frame_snapshot` / :meth:`~LiberoEnv.render_snapshots`
+draw a past frame later (``make-demos`` renders only the episodes it keeps).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import re
@@ -82,6 +93,21 @@ MAX_OBJECTS = 8
 MAX_ARTICULATIONS = 8
 POSE_DIM = 7
 PRIVILEGED_DIM = MAX_OBJECTS * POSE_DIM + MAX_ARTICULATIONS  # 64
+
+# mjData fields the renderer reads for LIBERO's scenes (see LiberoEnv.frame_snapshot)
+_POSE_FIELDS = (
+    "xpos",
+    "xmat",
+    "xquat",
+    "geom_xpos",
+    "geom_xmat",
+    "site_xpos",
+    "site_xmat",
+    "cam_xpos",
+    "cam_xmat",
+    "light_xpos",
+    "light_xdir",
+)
 
 AGENT_VIEW = "agentview"
 WRIST_VIEW = "robot0_eye_in_hand"
@@ -212,6 +238,19 @@ class LiberoEnv:
         self._articulation_qpos = [
             int(np.atleast_1d(model.get_joint_qpos_addr(n))[0]) for n in self.articulation_names
         ]
+        # Frames come from render(), never from the camera observables' timers (module docstring);
+        # they stay defined (a test compares against them) but never sample.
+        for cam in self._cameras:
+            inner.modify_observable(f"{cam}_image", "enabled", False)
+        from robosuite import macros
+        from robosuite.utils.mjcf_utils import IMAGE_CONVENTION_MAPPING
+
+        self._row_order = IMAGE_CONVENTION_MAPPING[macros.IMAGE_CONVENTION]  # as the observables flip rows
+        self._frame_fields = list(_POSE_FIELDS)
+        if model.ntendon:
+            self._frame_fields += ["ten_wrapadr", "ten_wrapnum", "wrap_obj", "wrap_xpos"]
+        if getattr(model, "nflex", 0):
+            self._frame_fields += ["flexvert_xpos"]
         self._succeeded = False
         self._rendering = True
         self._last_obs: SingleObs | None = None
@@ -224,7 +263,6 @@ class LiberoEnv:
     def reset(self, init_set: InitSet, init_index: int) -> SingleObs:
         state, seed = self.init_state(init_set, init_index)
         with _seeded_global_numpy(seed):
-            self._set_cameras(False)
             self._env.reset()
         # robosuite keeps the gripper's smoothed command across soft resets; zero it so an episode
         # never depends on how the previous one ended
@@ -233,16 +271,13 @@ class LiberoEnv:
         self._env.set_init_state(state)
         for _ in range(SETTLE_STEPS):
             self._env.step(SETTLE_ACTION)
-        self._set_cameras(self._rendering)
         self._succeeded = False
-        self._last_obs = self._observe(self._env.env._get_observations(force_update=True))
+        self._last_obs = self._observe(self._env.env._get_observations(force_update=True), render=True)
         return self._last_obs
 
     def step(self, action: np.ndarray, render: bool = True) -> tuple[SingleObs, float, bool]:
-        """One control step. ``render`` is accepted and ignored: robosuite samples its cameras on
-        observable timers that toggling would desynchronise (a re-enabled camera returns a stale or
-        blank frame), so LIBERO renders every step; turn cameras off with :meth:`set_rendering`."""
-        del render
+        """One control step; with ``render=False`` the cameras are skipped (``obs.images`` is None,
+        :meth:`observe` renders the current state later). Rendering never changes the simulation."""
         act = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
         if act.shape != (7,):
             raise ValueError(f"LIBERO action must have 7 values (xyz, rotation, gripper), got {act.shape}")
@@ -250,16 +285,20 @@ class LiberoEnv:
         success = bool(self._env.check_success())
         reward = 1.0 if success and not self._succeeded else 0.0
         self._succeeded |= success
-        self._last_obs = self._observe(raw)
+        self._last_obs = self._observe(raw, render=render)
         return self._last_obs, reward, success
 
     def observe(self) -> SingleObs:
+        """The current observation with its images, rendered now if the last step skipped them."""
         if self._last_obs is None:
             raise RuntimeError("observe() before reset(): call reset(init_set, init_index) first")
+        if self._last_obs.images is None:
+            self._last_obs = dataclasses.replace(self._last_obs, images=self._images())
         return self._last_obs
 
     def close(self) -> None:
         if getattr(self, "_env", None) is not None:
+            self._make_gl_current()  # robosuite frees the renderer's buffers in the current context
             self._env.close()
             self._env = None
 
@@ -362,23 +401,81 @@ class LiberoEnv:
         scripted-expert success measurements read the simulator, not the pixels.
         """
         self._rendering = bool(enabled)
-        self._set_cameras(self._rendering)
 
-    def _set_cameras(self, enabled: bool) -> None:
-        """Skip rendering while nobody looks (settle steps, ``set_rendering(False)``): ~90 ms a frame."""
-        for cam in self._cameras:
-            self._env.env.modify_observable(f"{cam}_image", "enabled", enabled)
+    def render(self) -> np.ndarray:
+        """The cameras of :attr:`cameras` at the current state: uint8 ``(V, H, W, 3)``, upright.
 
-    def _observe(self, raw: dict[str, np.ndarray]) -> SingleObs:
+        The same call robosuite's camera observables make (``sim.render`` on the named camera, at
+        ``cfg.image_size``, in the simulator's offscreen GL context, rows in robosuite's image
+        convention), then the 180° turn every LIBERO frame gets. It reads the simulation and
+        never changes it.
+        """
+        size = self.cfg.image_size
+        sim = self._env.env.sim
+        self._make_gl_current()
+        frames = [
+            sim.render(camera_name=cam, width=size, height=size)[:: self._row_order] for cam in self._cameras
+        ]
+        return np.ascontiguousarray(np.stack(frames)[:, ::-1, ::-1])
+
+    def _make_gl_current(self) -> None:
+        """Make this env's GL context the current one. robosuite draws, and frees its buffers, in
+        whichever context is current, and every env owns one: with two LIBERO envs in a process
+        (sync vector slots, ``workers`` < slots, tests) the other's context is current after it was
+        built (measured at 64 px: 240-2318 of 4096 pixels wrong), and closing it frees this one's
+        buffers (near-black frames after)."""
+        ctx = getattr(self._env.env.sim, "_render_context_offscreen", None)
+        if ctx is not None:
+            ctx.gl_ctx.make_current()
+
+    @property
+    def cameras(self) -> list[str]:
+        """The MuJoCo camera names behind ``images``, in view order."""
+        return list(self._cameras)
+
+    def frame_snapshot(self) -> dict[str, np.ndarray]:
+        """What :meth:`render_snapshots` needs to draw the current frame later, without rendering now.
+
+        A frame shows the poses of the simulator's last kinematics pass, which inside ``step`` ran
+        one 2 ms physics substep before the step's end; setting the MuJoCo state back and calling
+        ``forward`` would draw the step's end instead (~150 of 4096 pixels differ at 64 px). So the
+        snapshot copies the poses the renderer reads (bodies, geoms, sites, cameras, lights, tendon
+        paths, flex vertices: ~35 KB for a libero_spatial scene), not the state.
+        """
+        data = self._env.env.sim.data._data
+        return {name: getattr(data, name).copy() for name in self._frame_fields}
+
+    def render_snapshots(self, snapshots: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """Frames ``(T, V, H, W, 3)`` of :meth:`frame_snapshot` s taken in this episode, pixel-equal to
+        rendering them at the time; the current poses are put back, and physics never reads them
+        (every physics step recomputes them from the state first)."""
+        data = self._env.env.sim.data._data
+        current = self.frame_snapshot()
+        frames = []
+        try:
+            for snap in snapshots:
+                for name, value in snap.items():
+                    getattr(data, name)[...] = value
+                frames.append(self._images())
+        finally:
+            for name, value in current.items():
+                getattr(data, name)[...] = value
+        size = self.cfg.image_size
+        return np.stack(frames) if frames else np.zeros((0, len(self._cameras), size, size, 3), np.uint8)
+
+    def _images(self) -> np.ndarray:
         if self._rendering:
-            images = np.stack([raw[f"{cam}_image"][::-1, ::-1] for cam in self._cameras])
-        else:  # same shape and dtype, so consumers need not care that nothing was rendered
-            size = self.cfg.image_size
-            images = np.zeros((len(self._cameras), size, size, 3), dtype=np.uint8)
+            return self.render()
+        # cameras off: same shape and dtype, so consumers need not care that nothing was rendered
+        size = self.cfg.image_size
+        return np.zeros((len(self._cameras), size, size, 3), dtype=np.uint8)
+
+    def _observe(self, raw: dict[str, np.ndarray], render: bool) -> SingleObs:
         proprio = np.concatenate(
             [raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]
         ).astype(np.float32)
-        return SingleObs(images=np.ascontiguousarray(images), proprio=proprio, privileged=self.privileged())
+        images = self._images() if render else None
+        return SingleObs(images=images, proprio=proprio, privileged=self.privileged())
 
     def privileged(self) -> np.ndarray:
         """Simulator state a policy must not see; layout in :meth:`privileged_layout`."""
