@@ -175,6 +175,26 @@ def test_eval_writes_videos(toy_sft_checkpoint, tmp_path):
             assert frames.shape[0] == 10 + 1
 
 
+def test_eval_records_frames_only_for_the_episodes_it_writes(toy_sft_checkpoint, tmp_path, monkeypatch):
+    """A frame is a render per control step: rounds without a video episode record none."""
+    import lastr1.eval.evaluate as evaluate_module
+
+    asked = []
+    real_collect = evaluate_module.collect
+
+    def spy(env, policy, batch, **kw):
+        asked.append(([spec.init_index for spec in batch], kw["record_frames"]))
+        return real_collect(env, policy, batch, **kw)
+
+    monkeypatch.setattr(evaluate_module, "collect", spy)
+    policy = LastR1Policy.from_pretrained(toy_sft_checkpoint)
+    with make_env(EnvConfig(backend="toy", image_size=32, num_envs=3, max_steps=5)) as env:
+        evaluate(policy, env, 4, videos_dir=tmp_path / "v", videos_per_task=1, progress=False)
+    # 2 tasks x 4 episodes in rounds of 3: [0 1 2] [3 0 1] [2 3 pad]; episode 0 of each task is a video
+    assert asked == [([0, 1, 2], 1), ([3, 0, 1], 2), ([2, 3, 3], 0)]
+    assert len(list((tmp_path / "v").glob("*.mp4"))) == 2
+
+
 def test_expert_policy_eval_is_deterministic_and_records_the_protocol(tmp_path):
     """`lastr1 eval --policy expert`: the scripted experts through the same evaluator, twice."""
 

@@ -64,13 +64,16 @@ def evaluate(
         batch = specs[start : start + n]
         real = len(batch)
         batch = batch + [batch[-1]] * (n - real)  # pad the last round; padded slots are discarded
+        # frames cost a render per control step: record only the slots whose episode becomes a video
+        wanted = [i < real and spec.init_index < videos_per_task for i, spec in enumerate(batch)]
+        record = max((i + 1 for i, w in enumerate(wanted) if w), default=0) if videos_dir else 0
         roll = collect(
             env,
             policy,
             batch,
             mode=mode,
             generator=gen,
-            record_frames=n if videos_dir else 0,
+            record_frames=record,
             pipeline=min(pipeline, n),
             decode=decode,
         )
