@@ -11,6 +11,8 @@ Two modes:
   peak memory (the process's peak RSS; on CUDA also the peak allocated GPU memory).
 
 ``--device cuda`` runs either mode on a GPU (same code; the clock waits for the device).
+``--layout`` picks the Qwen3-VL token layout (``PolicyConfig.qwen3_vl_layout``; default the
+reference's, the numbers in docs/backbones.md before milestone 3 were measured with ``ours``).
 
     PYTHONPATH=src python benchmarks/backbone_scale.py --threads 1
     PYTHONPATH=src python benchmarks/backbone_scale.py --size 2b --decisions 2
@@ -160,6 +162,7 @@ def compare(args: argparse.Namespace, device: torch.device) -> list[dict[str, An
         "Qwen3-VL tiny (random)": PolicyConfig(
             backbone="qwen3_vl",
             qwen3_vl_size="tiny",
+            qwen3_vl_layout=args.layout,
             value_hidden=tuple(tiny_fields["value_hidden"]),
             **common,
         ),
@@ -213,6 +216,7 @@ def scale(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     cfg = PolicyConfig(
         backbone="qwen3_vl",
         qwen3_vl_size=args.size,
+        qwen3_vl_layout=args.layout,
         image_size=args.image_size,
         use_proprio=False,  # the reference's LIBERO runs
         instruction_max_len=20,
@@ -275,6 +279,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lora-rank", type=int, default=16, help="scale: 0 = train the whole backbone")
     parser.add_argument("--checkpointing", action="store_true", help="scale: activation checkpointing")
     parser.add_argument("--freeze-vision", action="store_true", help="scale: keep the vision tower fixed")
+    parser.add_argument(
+        "--layout", choices=["reference", "ours"], default="reference", help="the Qwen3-VL token layout"
+    )
     args = parser.parse_args(argv)
     if args.image_size is None:
         args.image_size = 64 if args.size is None else 256

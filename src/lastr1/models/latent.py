@@ -14,6 +14,17 @@ reasoning lengths are ``{group, 2 group, .., K}``; the value is read at slot ``l
 Masks: prefix and latent queries attend causally (prefix padding is never a key). Action queries attend
 to the valid prefix, to latent slots ``< latent_len`` only, and to all action slots (parallel decoding)
 or to earlier ones (autoregressive). Every token may attend to itself, so no row is empty.
+
+With ``latent_end`` (the reference's layout on Qwen3-VL) a ``<latent_end>`` token follows every
+group of ``latent_group`` latents::
+
+    [prefix][<latent_start>] | z_1 z_2 <latent_end> z_3 z_4 <latent_end> .. | [action slots]
+
+The "chain" (hidden states at positions ``Lp-1 .. action_begin-1``) then has ``1 + K + K/group``
+entries: the stop candidates are read at each group's last latent, the value at each group's
+``<latent_end>``, and ``z_k`` is still the hidden state at the position before slot ``k`` (the
+previous group's ``<latent_end>`` for a group's first latent). The action slots see whole groups:
+a group's latents and its ``<latent_end>`` are visible iff the group is among the chosen ones.
 """
 
 from __future__ import annotations
@@ -34,14 +45,20 @@ class SequenceLayout:
     k_max: int
     n_actions: int
     latent_group: int
+    latent_end: bool = False  # a <latent_end> token after every group (the reference layout)
+
+    @property
+    def n_reasoning(self) -> int:
+        """Positions between ``<latent_start>`` and the action slots (latents and ``<latent_end>``s)."""
+        return self.k_max + (self.num_candidates if self.latent_end else 0)
 
     @property
     def action_begin(self) -> int:
-        return self.n_prefix + self.k_max
+        return self.n_prefix + self.n_reasoning
 
     @property
     def total(self) -> int:
-        return self.n_prefix + self.k_max + self.n_actions
+        return self.n_prefix + self.n_reasoning + self.n_actions
 
     @property
     def num_candidates(self) -> int:
@@ -56,6 +73,28 @@ class SequenceLayout:
         if self.k_max == 0:
             return torch.zeros_like(stop_index)
         return (stop_index + 1) * self.latent_group
+
+    # chain indices: the chain holds the hidden states at positions n_prefix - 1 .. action_begin - 1
+
+    def stop_rows(self) -> list[int]:
+        """Chain index of each group's last latent (where its stop candidate is read)."""
+        extra = 1 if self.latent_end else 0
+        return [n * self.latent_group + (n - 1) * extra for n in range(1, self.num_candidates + 1)]
+
+    def value_rows(self) -> list[int]:
+        """Chain index of each candidate's value: its ``<latent_end>``, else its last latent."""
+        return self.chain_rows(torch.tensor(self.candidate_lengths(), dtype=torch.long)).tolist()
+
+    def chain_rows(self, latent_len: torch.Tensor) -> torch.Tensor:
+        """Chain index of the value for a reasoning length (``<latent_start>`` for 0)."""
+        if not self.latent_end:
+            return latent_len
+        return latent_len + torch.div(latent_len, self.latent_group, rounding_mode="floor")
+
+    def mu_rows(self) -> list[int]:
+        """Chain index of the position before each latent slot (the hidden state fed back as it)."""
+        extra = 1 if self.latent_end else 0
+        return [k + (k // self.latent_group) * extra for k in range(self.k_max)]
 
 
 def attention_mask(
@@ -77,7 +116,12 @@ def attention_mask(
     base = causal[None] & key_valid[:, None, :]
     is_latent = (kpos >= layout.n_prefix) & (kpos < layout.action_begin)
     is_action = kpos >= layout.action_begin
-    latent_ok = (kpos[None, :] - layout.n_prefix) < latent_len.to(dev)[:, None]  # (B, K)
+    if layout.latent_end:  # a whole group (latents + <latent_end>) is visible iff it is chosen
+        g = layout.latent_group
+        group = torch.div(kpos - layout.n_prefix, g + 1, rounding_mode="floor")
+        latent_ok = ((group + 1) * g)[None, :] <= latent_len.to(dev)[:, None]
+    else:
+        latent_ok = (kpos[None, :] - layout.n_prefix) < latent_len.to(dev)[:, None]  # (B, K)
     action_keys = causal if causal_actions else torch.ones_like(causal)
     action_rows = (
         (key_valid & ~is_latent[None] & ~is_action[None])[:, None, :]

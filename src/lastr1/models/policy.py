@@ -5,6 +5,8 @@ the transformer reads the observation prefix, runs ``k_max`` Coconut-style laten
 final hidden state is the next input embedding, one KV-cached token per step), a stop head scores the
 candidate lengths ``{group, 2 group, .., k_max}``, the chosen length masks later latents out of the
 action slots' attention, and all ``chunk * action_dim`` action tokens are decoded in one forward pass.
+On Qwen3-VL with ``qwen3_vl_layout="reference"`` the sequence and readouts are the reference's
+(``<latent_end>`` tokens, ``lm_head`` stop and action logits; docs/backbones.md).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from lastr1.models.backbones.factory import (
     BACKBONE_DIR,
     EXTERNAL,
     build_backbone,
+    build_layout_tokens,
+    check_saved_layout_tokens,
     is_external_key,
     own_state,
     save_external,
@@ -60,6 +64,18 @@ class PolicyConfig:
     # model's config.json (values given here are replaced), and mlp_ratio, dropout, image_grid and
     # instruction_vocab are unused (docs/backbones.md)
     backbone: Literal["tiny", "qwen3_vl"] = "tiny"
+    # qwen3_vl: the token layout (docs/backbones.md). reference: the LaST-R1 reference's sequence --
+    # <latent_start>, <latent_end>, <latent_pad> and num_bins <action_i> tokens in the tokenizer and
+    # embedding (added when missing), the prompt left-padded to qwen3_vl_prompt_len, a <latent_end>
+    # token after every latent_group latents, the stop score = the lm_head logit of <latent_end>,
+    # action logits = the lm_head over the <action_i> rows, zero action-slot inputs
+    # (action_slot_embedding unused), a ReLU value head, parallel decoding only. ours: milestone 2's
+    # (a learned <latent_start> vector, linear stop and action heads, the instruction right-padded to
+    # instruction_max_len). Unused by the tiny backbone
+    qwen3_vl_layout: Literal["reference", "ours"] = "reference"
+    # qwen3_vl_layout=reference: the prompt (images, instruction, proprio token) is left-padded to this
+    # many tokens (reference: 95; 100 for libero_10); longer instructions are truncated
+    qwen3_vl_prompt_len: int = 95
     # qwen3_vl: a local folder with Qwen3-VL weights, tokenizer and image processor (docs/backbones.md);
     # empty = random weights of qwen3_vl_size
     pretrained: str = ""
@@ -120,6 +136,16 @@ class PolicyConfig:
                 f"k_max={self.k_max} must be a multiple of latent_group",
             ),
             (self.decoding in ("parallel", "autoregressive"), f"decoding={self.decoding!r} is unknown"),
+            (
+                self.qwen3_vl_layout in ("reference", "ours"),
+                f"qwen3_vl_layout={self.qwen3_vl_layout!r} must be reference|ours",
+            ),
+            (self.qwen3_vl_prompt_len > 0, f"qwen3_vl_prompt_len={self.qwen3_vl_prompt_len} must be > 0"),
+            (
+                not self.reference_layout or self.decoding == "parallel",
+                "qwen3_vl_layout=reference decodes the action tokens in parallel (the reference); set "
+                "decoding=parallel, or qwen3_vl_layout=ours for autoregressive decoding",
+            ),
             (self.action_slot_embedding in ("learned", "zero"), "action_slot_embedding must be learned|zero"),
             (self.use_proprio is False or self.proprio_dim > 0, "use_proprio needs proprio_dim > 0"),
             (self.image_size >= 8 and self.num_views >= 1, "image_size must be >= 8 and num_views >= 1"),
@@ -153,6 +179,11 @@ class PolicyConfig:
         object.__setattr__(self, "normalize_mask", tuple(bool(m) for m in self.normalize_mask))
         object.__setattr__(self, "lora_targets", tuple(str(t) for t in self.lora_targets))
 
+    @property
+    def reference_layout(self) -> bool:
+        """Whether the policy runs the reference's token layout (Qwen3-VL with qwen3_vl_layout=reference)."""
+        return self.backbone == "qwen3_vl" and self.qwen3_vl_layout == "reference"
+
     def _resolve_backbone(self) -> None:
         """Check the backbone fields; for qwen3_vl take d_model, n_layers, n_heads from its config.json
         (a JSON read: no transformers needed to build or validate a config)."""
@@ -185,12 +216,12 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
+def _mlp(sizes: list[int], activation: type[nn.Module] = nn.GELU) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
         if i < len(sizes) - 2:
-            layers.append(nn.GELU())
+            layers.append(activation())
     return nn.Sequential(*layers)
 
 
@@ -227,6 +258,7 @@ class LastR1Policy(nn.Module):
             )
         d = cfg.d_model
         self.obs_encoder: nn.Module | None = None
+        self.layout_tokens: nn.Module | None = None  # the reference layout's token rows and readouts
         if cfg.backbone == "tiny":  # (this construction order keeps seeded tiny policies unchanged)
             self.text_tokenizer = HashWordTokenizer(cfg.instruction_vocab, cfg.instruction_max_len)
             self.image_encoder = ImageEncoder(d, cfg.num_views, cfg.image_grid)
@@ -238,16 +270,24 @@ class LastR1Policy(nn.Module):
         else:
             self.image_encoder, self.text_embed, self.proprio_encoder = None, None, None
             backbone, self.obs_encoder = build_backbone(cfg, self.backbone_run)
+            if cfg.reference_layout:
+                self.layout_tokens = build_layout_tokens(cfg, backbone, self.obs_encoder)
             self.text_tokenizer = self.obs_encoder.tokenize
             n_obs = self.obs_encoder.num_tokens
         mean, std = self._proprio_stats()
         self.register_buffer("proprio_mean", mean)
         self.register_buffer("proprio_std", std)
         n_prefix = n_obs + 1
-        self.layout = SequenceLayout(n_prefix, cfg.k_max, cfg.chunk * cfg.action_dim, cfg.latent_group)
-        self.latent_start = nn.Parameter(torch.randn(d) * 0.02)
-        slots = torch.randn(self.layout.n_actions, d) * 0.02
-        if cfg.action_slot_embedding == "learned":
+        ref = cfg.reference_layout
+        self.layout = SequenceLayout(
+            n_prefix, cfg.k_max, cfg.chunk * cfg.action_dim, cfg.latent_group, latent_end=ref
+        )
+        # the reference layout reads <latent_start> from the vocabulary and feeds zeros to the slots
+        self.latent_start = None if ref else nn.Parameter(torch.randn(d) * 0.02)
+        slots = (
+            torch.randn(self.layout.n_actions, d) * 0.02 if not ref else torch.zeros(self.layout.n_actions, d)
+        )
+        if cfg.action_slot_embedding == "learned" and not ref:
             self.action_slots = nn.Parameter(slots)
         else:
             self.register_buffer("action_slots", torch.zeros_like(slots))
@@ -257,12 +297,13 @@ class LastR1Policy(nn.Module):
                 TinyConfig(d, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio, self.layout.total, cfg.dropout)
             )
         self.backbone = backbone
-        self.stop_head = nn.Linear(d, 1) if cfg.k_max > 0 else None
+        # the reference layout's stop and action readouts are lm_head rows (self.layout_tokens)
+        self.stop_head = nn.Linear(d, 1) if cfg.k_max > 0 and not ref else None
         self.stop_context_head: nn.Linear | None = None
         if cfg.stop_context:
             self._add_stop_context()
-        self.action_head = nn.Linear(d, cfg.num_bins)
-        self.value_head = _mlp([d, *cfg.value_hidden, 1])
+        self.action_head = None if ref else nn.Linear(d, cfg.num_bins)
+        self.value_head = _mlp([d, *cfg.value_hidden, 1], nn.ReLU if ref else nn.GELU)
         self.latent_proj = nn.Linear(d, cfg.target_dim) if cfg.target_dim > 0 else None
         for module in (self.text_embed, self.action_token_embed):
             if module is not None:
@@ -270,16 +311,14 @@ class LastR1Policy(nn.Module):
 
     def _add_stop_context(self) -> None:
         """Add the zero-initialised context readout of the stop (``PolicyConfig.stop_context``)."""
-        if self.stop_head is None:
+        if self.layout.k_max == 0:
             raise ValueError("stop_context needs k_max > 0: a policy without latents has no stop decision")
         if self.stop_context_head is None:
-            head = nn.Linear(self.config.d_model, self.layout.num_candidates, bias=False).to(
-                self.stop_head.weight
-            )
+            head = nn.Linear(self.config.d_model, self.layout.num_candidates, bias=False)
             nn.init.zeros_(head.weight)
             self.stop_context_head = head
             # the readout reads <latent_start> minus this centre (fit_stop_context_center); zero = uncentred
-            self.register_buffer("stop_context_center", torch.zeros_like(self.stop_head.weight[0]))
+            self.register_buffer("stop_context_center", torch.zeros_like(head.weight[0]))
 
     @torch.no_grad()
     def fit_stop_context_center(self, inputs: PolicyInputs) -> bool:
@@ -314,7 +353,7 @@ class LastR1Policy(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.action_head.weight.device
+        return self.value_head[0].weight.device
 
     def encode_obs(self, obs: Any) -> PolicyInputs:
         """Validate an :class:`~lastr1.envs.base.Observation` and turn it into network inputs."""
@@ -352,12 +391,12 @@ class LastR1Policy(nn.Module):
         b = len(inputs)
         proprio = (inputs.proprio - self.proprio_mean) / self.proprio_std if self.config.use_proprio else None
         runner: Backbone = self.backbone
+        order = None
         if self.obs_encoder is not None:
-            embeds, valid_obs, deepstack = self.obs_encoder(
+            embeds, valid_obs, deepstack, order = self.obs_encoder(
                 inputs.images, inputs.instruction_ids, inputs.instruction_mask, proprio
             )
             parts, valid = [embeds], [valid_obs]
-            runner = self.backbone.bind(deepstack)
         else:
             img = inputs.images.permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
             parts = [self.image_encoder(img), self.text_embed(inputs.instruction_ids)]
@@ -368,18 +407,30 @@ class LastR1Policy(nn.Module):
             if self.proprio_encoder is not None:
                 parts.append(self.proprio_encoder(proprio))
                 valid.append(valid[0][:, :1])
-        parts.append(self.latent_start.expand(b, 1, -1))
+        start = (
+            self.layout_tokens.start(b)
+            if self.layout_tokens is not None
+            else self.latent_start.expand(b, 1, -1)
+        )
+        parts.append(start)
         valid.append(valid[0][:, :1])
-        return torch.cat(parts, dim=1), torch.cat(valid, dim=1), runner
+        prefix_valid = torch.cat(valid, dim=1)
+        if self.obs_encoder is not None:  # a left-padded prompt: the batch's positions go with it
+            runner = self.backbone.bind(deepstack, order, prefix_valid if order is not None else None)
+        return torch.cat(parts, dim=1), prefix_valid, runner
 
     # ------------------------------------------------------------------ building blocks
 
     def _stop_logits(self, chain: torch.Tensor) -> torch.Tensor:
-        """``chain`` = hidden states at positions Lp-1 .. Lp+K-1 ``(B, K+1, D)`` -> ``(B, num_candidates)``."""
-        if self.stop_head is None:
+        """``chain`` = hidden states at positions Lp-1 .. action_begin-1 (``(B, K+1, D)``; with
+        ``<latent_end>`` tokens ``(B, K+K/group+1, D)``) -> ``(B, num_candidates)``."""
+        if self.layout.k_max == 0:
             return chain.new_zeros(chain.shape[0], 0)
-        idx = torch.tensor(self.layout.candidate_lengths(), device=chain.device)
-        logits = self.stop_head(chain[:, idx]).squeeze(-1)
+        idx = torch.tensor(self.layout.stop_rows(), device=chain.device)
+        if self.layout_tokens is not None:  # the lm_head logit of <latent_end> at each group's end
+            logits = self.layout_tokens.stop_logits(chain[:, idx])
+        else:
+            logits = self.stop_head(chain[:, idx]).squeeze(-1)
         if self.stop_context_head is not None:
             logits = logits + self.stop_context_head(chain[:, 0] - self.stop_context_center)
         return logits
@@ -394,16 +445,41 @@ class LastR1Policy(nn.Module):
     def _candidate_values(self, chain: torch.Tensor) -> torch.Tensor:
         """The value head at every stop candidate's ``<latent_end>`` ``(B, num_candidates)``: what the
         critic expects for each reasoning length (the stop's baseline, ``StopConfig.advantage``)."""
-        if self.stop_head is None:
+        if self.layout.k_max == 0:
             return chain.new_zeros(chain.shape[0], 0)
-        idx = torch.tensor(self.layout.candidate_lengths(), device=chain.device)
+        idx = torch.tensor(self.layout.value_rows(), device=chain.device)
         return self.value_head(chain[:, idx]).squeeze(-1)
 
     def _value(self, chain: torch.Tensor, latent_len: torch.Tensor, detach: bool = False) -> torch.Tensor:
-        h = chain[torch.arange(chain.shape[0], device=chain.device), latent_len]
+        h = chain[torch.arange(chain.shape[0], device=chain.device), self.layout.chain_rows(latent_len)]
         if detach:  # the critic reads the features but does not shape them
             h = h.detach()
         return self.value_head(h).squeeze(-1)
+
+    def _mu(self, chain: torch.Tensor) -> torch.Tensor:
+        """The hidden states that produced the latents ``(B, K, D)`` (the position before each slot)."""
+        if not self.layout.latent_end:
+            return chain[:, :-1]
+        return chain[:, torch.tensor(self.layout.mu_rows(), dtype=torch.long, device=chain.device)]
+
+    def _action_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Action-slot hidden states -> logits over the bins (the ``<action_i>`` rows of the ``lm_head``
+        in the reference layout)."""
+        if self.layout_tokens is not None:
+            return self.layout_tokens.action_logits(hidden)
+        return self.action_head(hidden)
+
+    def _reasoning_inputs(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, K, D)`` -> the inputs between ``<latent_start>`` and the action slots: the
+        latents, with ``<latent_end>``'s embedding after every group in the reference layout."""
+        lay = self.layout
+        if not lay.latent_end:
+            return latents
+        end = self.layout_tokens.end(latents.shape[0]).to(latents.dtype)
+        parts: list[torch.Tensor] = []
+        for g in range(lay.num_candidates):
+            parts += [latents[:, g * lay.latent_group : (g + 1) * lay.latent_group], end]
+        return torch.cat(parts, dim=1)
 
     def _action_inputs(self, b: int, tokens: torch.Tensor | None) -> torch.Tensor:
         """Action-slot input embeddings; autoregressive mode adds the previous token's embedding."""
@@ -431,15 +507,23 @@ class LastR1Policy(nn.Module):
         noise_std: float,
         gen: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Coconut loop: returns fed-back latents ``(B, K, D)`` and the chain ``(B, K+1, D)``."""
+        """Coconut loop: returns fed-back latents ``(B, K, D)`` and the chain ``(B, K+1, D)``; with
+        ``<latent_end>`` tokens each group's last latent and its ``<latent_end>`` go in one call (the
+        token's input is fixed), and the chain also holds the ``<latent_end>`` states."""
         b = prefix_hidden_last.shape[0]
-        full = torch.full((b,), self.layout.k_max, device=prefix_hidden_last.device)
+        lay = self.layout
+        full = torch.full((b,), lay.k_max, device=prefix_hidden_last.device)
         h, latents, chain = prefix_hidden_last, [], [prefix_hidden_last]
-        for _ in range(self.layout.k_max):
+        for k in range(lay.k_max):
             z = h
             if noise_std > 0:
                 z = h + noise_std * torch.randn(h.shape, generator=gen, device=h.device, dtype=h.dtype)
             latents.append(z)
+            if lay.latent_end and (k + 1) % lay.latent_group == 0:
+                out = stream.feed(torch.cat([z[:, None], self.layout_tokens.end(b).to(z.dtype)], 1), full)
+                chain += [out[:, 0], out[:, 1]]
+                h = out[:, 1]
+                continue
             h = stream.feed(z[:, None], full)[:, 0]
             chain.append(h)
         d = prefix_hidden_last.shape[-1]
@@ -502,7 +586,7 @@ class LastR1Policy(nn.Module):
         tok_mode = "mean" if mode == "greedy" and dec.greedy_actions == "bin_mean" else mode
         if cfg.decoding == "parallel":
             hidden = stream.feed(self._action_inputs(b, None), latent_len)
-            tokens, logp_tokens = sample_tokens(self.action_head(hidden), tok_mode, a_temp, generator)
+            tokens, logp_tokens = sample_tokens(self._action_logits(hidden), tok_mode, a_temp, generator)
         else:
             tok_list: list[torch.Tensor] = []
             lp_list: list[torch.Tensor] = []
@@ -511,7 +595,7 @@ class LastR1Policy(nn.Module):
                 if j > 0:
                     emb = emb + self.action_token_embed(tok_list[-1])[:, None]
                 hidden = stream.feed(emb, latent_len)
-                tok, lp = sample_tokens(self.action_head(hidden[:, 0]), tok_mode, a_temp, generator)
+                tok, lp = sample_tokens(self._action_logits(hidden[:, 0]), tok_mode, a_temp, generator)
                 tok_list.append(tok)
                 lp_list.append(lp)
             tokens, logp_tokens = torch.stack(tok_list, 1), torch.stack(lp_list, 1)
@@ -543,13 +627,15 @@ class LastR1Policy(nn.Module):
         latent_len: torch.Tensor,
         tokens: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward over the whole sequence; returns the chain ``(B, K+1, D)`` and action hidden states."""
+        """One forward over the whole sequence; returns the chain (hidden states at positions
+        ``Lp-1 .. action_begin-1``) and the action hidden states."""
         lay = self.layout
         b = len(inputs)
         if latents.shape[:2] != (b, lay.k_max):
             raise ValueError(f"latents must have shape ({b}, {lay.k_max}, D), got {tuple(latents.shape)}")
         prefix, valid, runner = self._prefix(inputs)
-        seq = torch.cat([prefix, latents.to(prefix.dtype), self._action_inputs(b, tokens)], dim=1)
+        reasoning = self._reasoning_inputs(latents.to(prefix.dtype))
+        seq = torch.cat([prefix, reasoning, self._action_inputs(b, tokens)], dim=1)
         stream = DecodeStream(runner, lay, valid, self.config.decoding == "autoregressive", use_cache=True)
         hidden = stream.feed(seq, latent_len)
         return hidden[:, lay.n_prefix - 1 : lay.action_begin], hidden[:, lay.action_begin :]
@@ -563,7 +649,7 @@ class LastR1Policy(nn.Module):
         latent_len = self.layout.latent_len(stop_index)
         tokens = batch.action_tokens.long()
         chain, act_hidden = self._teacher_forced(batch.inputs, batch.latents, latent_len, tokens)
-        logits = self.action_head(act_hidden) / batch.action_temperature[:, None, None]
+        logits = self._action_logits(act_hidden) / batch.action_temperature[:, None, None]
         logp_all = F.log_softmax(logits, dim=-1)
         logp_tokens = logp_all.gather(-1, tokens[..., None]).squeeze(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1).mean(-1)
@@ -577,7 +663,7 @@ class LastR1Policy(nn.Module):
             logp_tokens=logp_tokens,
             logp_action=logp_tokens.double().sum(1),
             logp_stop=logp_stop,
-            mu=chain[:, :-1],
+            mu=self._mu(chain),
             latent_mask=self._latent_mask(latent_len),
             value=self._value(chain, latent_len, detach_value),
             entropy=entropy,
@@ -618,9 +704,9 @@ class LastR1Policy(nn.Module):
             stream, h_prefix = self._open_stream(inputs, use_cache=True)
             _, chain = self._run_latents(stream, h_prefix, 0.0, None)
             act_hidden = stream.feed(self._action_inputs(b, tokens), latent_len)
-        mu = chain[:, :-1]
+        mu = self._mu(chain)
         return SFTOutputs(
-            action_logits=self.action_head(act_hidden),
+            action_logits=self._action_logits(act_hidden),
             latents=mu,
             latent_pred=self.latent_proj(mu) if self.latent_proj is not None else None,
             latent_mask=self._latent_mask(latent_len),
@@ -631,7 +717,11 @@ class LastR1Policy(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by role, so an optimizer gives each its own learning rate without
         reaching into the modules: ``policy`` (everything that acts and reasons), ``value`` (the
-        critic head), ``stop`` (the ``<latent_end>`` scorer and its context readout)."""
+        critic head), ``stop`` (what only the stop reads: the ``<latent_end>`` scorer and its context
+        readout). In the reference layout the scorer is the ``lm_head`` row of ``<latent_end>``: with
+        tied embeddings also that token's input embedding, which the action slots attend to, so every
+        objective moves it; it stays in ``policy`` (``layout_tokens``), and ``stop`` holds the context
+        readout only (empty without ``stop_context``)."""
         value = list(self.value_head.parameters())
         stop = [
             p
@@ -699,6 +789,8 @@ class LastR1Policy(nn.Module):
                 arch["stop_context"] = True  # the readout starts at zero: the distribution is unchanged
             if arch.get("backbone") in EXTERNAL:  # the backbone saved beside the heads, not the original
                 arch["pretrained"] = str(path / BACKBONE_DIR)
+            if arch.get("backbone") == "qwen3_vl":  # saved before the reference layout existed
+                arch.setdefault("qwen3_vl_layout", "ours")
             config = from_dict(PolicyConfig, arch, prefix="policy")
             if (path / DECODE_FILE).is_file():
                 saved = from_dict(DecodeConfig, json.loads((path / DECODE_FILE).read_text()), prefix="decode")
@@ -717,6 +809,7 @@ class LastR1Policy(nn.Module):
                 )
         except (json.JSONDecodeError, ValueError) as exc:
             raise ValueError(f"cannot read policy folder {str(path)!r}: {exc}") from None
+        check_saved_layout_tokens(config, path)  # the reference layout's trained token rows
         policy = cls(config, stats, decode or saved, backbone_run)
         try:
             weights = load_file(str(path / WEIGHTS_FILE))

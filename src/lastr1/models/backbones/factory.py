@@ -38,8 +38,35 @@ def build_backbone(cfg: Any, run: Any = None) -> tuple[nn.Module, nn.Module]:
             cfg.d_model,
             run,
             (cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets)),
+            (cfg.qwen3_vl_prompt_len, cfg.num_bins) if cfg.reference_layout else (0, 0),
         )
     raise ValueError(f"backbone={cfg.backbone!r} has no factory; use 'tiny' or 'qwen3_vl'")
+
+
+def build_layout_tokens(cfg: Any, backbone: nn.Module, encoder: nn.Module) -> nn.Module:
+    """The reference layout's token rows and ``lm_head`` readouts
+    (:class:`~.qwen3_vl_layout.LayoutTokens`) of a backbone built by :func:`build_backbone`."""
+    from lastr1.models.backbones.qwen3_vl_layout import LayoutTokens
+
+    return LayoutTokens(backbone.model, encoder.tokenizer, cfg.num_bins)
+
+
+def check_saved_layout_tokens(cfg: Any, directory: Path) -> None:
+    """A saved reference-layout policy must find its special tokens in ``backbone/`` (tokenizer and
+    embedding rows): its trained rows live there. One-line ValueError naming the fix otherwise."""
+    if not cfg.reference_layout:
+        return
+    from lastr1.models.backbones.qwen3_vl_files import missing_layout_tokens
+    from lastr1.models.backbones.qwen3_vl_layout import layout_token_names
+
+    problem = missing_layout_tokens(directory / BACKBONE_DIR, layout_token_names(cfg.num_bins))
+    if problem:
+        raise ValueError(
+            f"{directory / BACKBONE_DIR} has {problem}, but this policy (qwen3_vl_layout=reference) keeps "
+            "its trained <latent_start>/<latent_end>/<action_i> rows there: save it with "
+            "LastR1Policy.save_pretrained (which writes them to the tokenizer and embedding), or start "
+            "from a base model with policy.pretrained=DIR (the tokens are then added)"
+        )
 
 
 def save_external(policy: nn.Module, directory: Path) -> bool:
@@ -49,7 +76,9 @@ def save_external(policy: nn.Module, directory: Path) -> bool:
     from lastr1.models.backbones.qwen3_vl import save_qwen3_vl
 
     enc = policy.obs_encoder
-    save_qwen3_vl(policy.backbone.model, enc.tokenizer, enc.image_processor, directory / BACKBONE_DIR)
+    tokens = getattr(policy, "layout_tokens", None)  # its trained rows go into the saved embedding
+    rows = tokens.writes() if tokens is not None else []
+    save_qwen3_vl(policy.backbone.model, enc.tokenizer, enc.image_processor, directory / BACKBONE_DIR, rows)
     return True
 
 

@@ -1,5 +1,6 @@
-"""Qwen3-VL through transformers: its language model behind our :class:`Backbone` protocol, and an
-observation encoder that reads images with its vision tower.
+"""Qwen3-VL through transformers: its language model behind our :class:`Backbone` protocol, loaded,
+adapted (LoRA, run settings) and saved in the HF layout. The observation prompt is built by
+:mod:`.qwen3_vl_prompt`, the reference layout's special tokens and readouts by :mod:`.qwen3_vl_layout`.
 
 Why an adapter and not ``model.generate``/``forward``: the policy feeds *embeddings* (latents are
 hidden states fed back), needs an explicit per-sample mask (latents after the chosen length are
@@ -8,10 +9,13 @@ model accepts all three: ``inputs_embeds``, a ready 4D additive mask (passed thr
 explicit M-RoPE position ids ``(3, B, L)``.
 
 Positions. The policy speaks in layout indices (``0 .. layout.total - 1``, the same for every sample).
-The adapter maps them to M-RoPE ids once per model: the prefix's ids come from the model's own
-``get_rope_index`` (image tokens get their (t, h, w) grid positions); every later index (latents,
+The adapter maps them to M-RoPE ids: the prefix's ids come from the model's own ``get_rope_index``
+(image tokens get their (t, h, w) grid positions); every later index (latents, ``<latent_end>``,
 action slots) is text-like, its three components equal and continuing after the prefix's maximum.
-Callers may instead pass ``(3, B, L)`` ids directly.
+A right-padded prompt (layout ``ours``) has one table for every sample, computed once; a left-padded
+one (layout ``reference``) gets the batch's table from ``get_rope_index`` with the padding mask, so
+real tokens are numbered from 0 as in a transformers left-padded batch. Callers may instead pass
+``(3, B, L)`` ids directly.
 
 KV cache. The policy's cache type stays our :data:`KVCache` (a list of per-layer ``(k, v)``): it is
 wrapped into an HF ``DynamicCache`` for each call and read back after it. The HF cache mutates in
@@ -27,14 +31,11 @@ covers image positions (the prefix feed; every feed when decoding without the ca
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -44,7 +45,9 @@ from lastr1.models.backbones.qwen3_vl_files import (
     check_pretrained_folder,
     offline_tokenizer_dir,
 )
-from lastr1.models.backbones.run_settings import BackboneRunConfig
+from lastr1.models.backbones.qwen3_vl_layout import LATENT_START, add_layout_tokens, token_id
+from lastr1.models.backbones.qwen3_vl_prompt import Qwen3VLObservationEncoder
+from lastr1.models.backbones.run_settings import BackboneRunConfig, compute_scope
 from lastr1.models.backbones.tiny import KVCache
 
 # the attention implementations that honour a custom 4D additive mask (flash attention ignores it)
@@ -200,10 +203,24 @@ def configure_qwen3_vl(
         enable_checkpointing(model)
 
 
-def save_qwen3_vl(model: nn.Module, tokenizer: Any, processor: Any, directory: str | Path) -> None:
+RowWrite = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (model weight, row ids, rows)
+
+
+def save_qwen3_vl(
+    model: nn.Module, tokenizer: Any, processor: Any, directory: str | Path, rows: list[RowWrite] = ()
+) -> None:
     """Write the HF layout transformers alone can load: weights + config, tokenizer, image processor.
-    LoRA adapters are not part of it (the policy keeps them in its own ``model.safetensors``)."""
-    model.save_pretrained(str(directory), state_dict=base_state_dict(model))
+    LoRA adapters are not part of it (the policy keeps them in its own ``model.safetensors``).
+    ``rows``: rows of a weight replaced in the saved copy (the reference layout's trained token rows;
+    a tied embedding and ``lm_head`` get the same copy)."""
+    state = base_state_dict(model)
+    for weight, ids, values in rows:
+        merged = weight.detach().clone()
+        merged[ids.to(merged.device)] = values.to(merged)
+        for key, tensor in state.items():
+            if tensor.data_ptr() == weight.data_ptr():
+                state[key] = merged
+    model.save_pretrained(str(directory), state_dict=state)
     tokenizer.save_pretrained(str(directory))
     processor.save_pretrained(str(directory))
 
@@ -212,24 +229,6 @@ def _cache_keyword(language_model: nn.Module) -> str:
     """transformers 5.x names the cache argument ``cache``; 4.57 ``past_key_values``."""
     params = inspect.signature(language_model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
-
-
-def _vision(model: nn.Module, pixels: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, list]:
-    """Merged image tokens ``(N, D)`` and the DeepStack features (a list of ``(N, D)``)."""
-    out = model.model.visual(pixels.to(model.model.visual.dtype), grid_thw=grid)
-    if isinstance(out, tuple):  # transformers 4.57
-        return out[0], list(out[1])
-    return out.pooler_output, list(out.deepstack_features)
-
-
-@contextlib.contextmanager
-def _compute(device: torch.device, mixed: bool) -> Iterator[None]:
-    """bf16 autocast for ``precision=bf16-mixed``; nothing otherwise."""
-    if mixed:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-            yield
-    else:
-        yield
 
 
 @functools.cache
@@ -265,7 +264,8 @@ class Qwen3VLBackbone(nn.Module):
 
     ``prefix_ids`` / ``prefix_types`` ``(Lp,)``: the token ids and modality (0 text, 1 image) of the
     observation prefix template (any ids for positions the policy fills with its own embeddings), and
-    ``grid_thw`` ``(V, 3)`` the image grids; together they give the prefix's M-RoPE positions.
+    ``grid_thw`` ``(V, 3)`` the image grids; together they give the prefix's M-RoPE positions (one
+    table for a right-padded prompt, :meth:`bind` with ``order`` for a left-padded batch).
     """
 
     def __init__(
@@ -281,31 +281,57 @@ class Qwen3VLBackbone(nn.Module):
         self.d_model = int(model.config.text_config.hidden_size)
         self.mixed = mixed  # precision=bf16-mixed: compute under bf16 autocast
         self._cache_kw = _cache_keyword(model.model.language_model)
-        self.register_buffer("prefix_positions", self._rope_index(prefix_ids, prefix_types, grid_thw), False)
-        visual = prefix_types == 1
-        rank = torch.where(visual, visual.long().cumsum(0) - 1, torch.full_like(prefix_ids, -1))
-        self.register_buffer("visual_rank", rank, persistent=False)
+        self.register_buffer("template_ids", prefix_ids, persistent=False)
+        self.register_buffer("template_types", prefix_types, persistent=False)
+        self.register_buffer("grid_thw", grid_thw, persistent=False)
+        positions = self._rope_index(prefix_ids[None], prefix_types[None], grid_thw, None)[:, 0]
+        self.register_buffer("prefix_positions", positions, persistent=False)
+        self.register_buffer("visual_rank", _visual_rank(prefix_types), persistent=False)
 
-    def _rope_index(self, ids: torch.Tensor, types: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    def _rope_index(
+        self, ids: torch.Tensor, types: torch.Tensor, grid: torch.Tensor, valid: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``get_rope_index`` on ``(B, Lp)`` ids and modalities (``valid``: the padding mask)."""
         fn = self.model.model.get_rope_index
-        kwargs: dict[str, Any] = {"image_grid_thw": grid, "attention_mask": None}
+        kwargs: dict[str, Any] = {"image_grid_thw": grid, "attention_mask": valid}
         if "mm_token_type_ids" in inspect.signature(fn).parameters:  # required from transformers 5.x
-            kwargs["mm_token_type_ids"] = types[None].int()
-        pos, _ = fn(ids[None], **kwargs)
-        return pos[:, 0].long()
+            kwargs["mm_token_type_ids"] = types.int()
+        pos, _ = fn(ids, **kwargs)
+        return pos.long()
 
-    def mrope_positions(self, index: torch.Tensor) -> torch.Tensor:
-        """Layout indices ``(B, L)`` -> M-RoPE ids ``(3, B, L)``: the prefix's from ``get_rope_index``,
-        later ones text-like (three equal components) continuing after the prefix's maximum."""
-        table = self.prefix_positions
-        lp = table.shape[1]
-        inside = table[:, index.clamp(max=lp - 1)]
-        after = (table.max() + 1 + index - lp).expand_as(inside)
-        return torch.where(index < lp, inside, after)
+    def mrope_positions(self, index: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """Layout indices ``(B, L)`` -> M-RoPE ids ``(3, B, L)``: the prefix's from ``get_rope_index``
+        (``table``: the batch's ``(3, B, Lp)``; default the template's ``(3, Lp)``), later ones
+        text-like (three equal components) continuing after the prefix's maximum."""
+        if table is None:
+            table = self.prefix_positions
+            lp = table.shape[1]
+            inside = table[:, index.clamp(max=lp - 1)]
+            after = (table.max() + 1 + index - lp).expand_as(inside)
+            return torch.where(index < lp, inside, after)
+        lp = table.shape[2]
+        inside = table.gather(2, index.clamp(max=lp - 1)[None].expand(3, -1, -1))
+        after = (table.amax(dim=(0, 2))[:, None] + 1 + index - lp)[None].expand_as(inside)
+        return torch.where(index[None] < lp, inside, after)
 
-    def bind(self, deepstack: list[torch.Tensor] | None) -> BoundQwen3VL:
-        """This backbone with one batch's DeepStack features ``[(B, n_image_tokens, D)]`` attached."""
-        return BoundQwen3VL(self, deepstack)
+    def bind(
+        self,
+        deepstack: list[torch.Tensor] | None,
+        order: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+    ) -> BoundQwen3VL:
+        """This backbone with one batch's DeepStack features ``[(B, n_image_tokens, D)]`` attached, and
+        for a left-padded prompt the batch's positions: ``order`` ``(B, Lp - 1)`` says which template
+        token sits at each prompt index, ``valid`` ``(B, Lp)`` which prefix tokens are real."""
+        if order is None:
+            return BoundQwen3VL(self, deepstack)
+        b = order.shape[0]
+        tail = torch.arange(order.shape[1], self.template_ids.numel(), device=order.device)
+        order = torch.cat([order, tail.expand(b, -1)], dim=1)
+        types = self.template_types[order]
+        grid = self.grid_thw.repeat(b, 1)
+        table = self._rope_index(self.template_ids[order], types, grid, valid.long())
+        return BoundQwen3VL(self, deepstack, table, _visual_rank(types))
 
     def forward(
         self,
@@ -314,10 +340,14 @@ class Qwen3VLBackbone(nn.Module):
         attn_mask: torch.Tensor,
         past: KVCache | None = None,
         deepstack: list[torch.Tensor] | None = None,
+        table: torch.Tensor | None = None,
+        visual_rank: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache]:
         """Same contract as :class:`~lastr1.models.backbones.tiny.TinyTransformer`; ``position_ids`` are
         layout indices ``(L,)`` / ``(B, L)`` or M-RoPE ids ``(3, B, L)``. Hidden states come back float32
-        whatever the precision (our heads are float32); the cache keeps the backbone's dtype."""
+        whatever the precision (our heads are float32); the cache keeps the backbone's dtype.
+        ``table`` / ``visual_rank``: a left-padded batch's prefix positions and image-token ranks
+        (:meth:`bind`)."""
         b, n, _ = embeds.shape
         past_len = past[0][0].shape[2] if past else 0
         if attn_mask.shape != (b, n, past_len + n):
@@ -334,7 +364,7 @@ class Qwen3VLBackbone(nn.Module):
             rope = position_ids.long()
         else:
             index = position_ids.long().to(embeds.device).expand(b, n)
-            rope = self.mrope_positions(index)
+            rope = self.mrope_positions(index, table)
         weights = self.model.get_input_embeddings().weight.dtype
         dtype = torch.bfloat16 if self.mixed else weights
         embeds = embeds.to(weights)
@@ -343,11 +373,14 @@ class Qwen3VLBackbone(nn.Module):
         cache = _replay_safe_cache_class()(past)
         extra: dict[str, Any] = {}
         if deepstack and index is not None:
-            rank = torch.where(
-                index < self.visual_rank.numel(),
-                self.visual_rank[index.clamp(max=self.visual_rank.numel() - 1)],
-                -1,
+            ranks = self.visual_rank if visual_rank is None else visual_rank
+            lp = ranks.shape[-1]
+            inside = (
+                ranks[index.clamp(max=lp - 1)]
+                if ranks.ndim == 1
+                else ranks.gather(1, index.clamp(max=lp - 1))
             )
+            rank = torch.where(index < lp, inside, -1)
             visual = rank >= 0
             if visual.any():
                 rows, cols = visual.nonzero(as_tuple=True)  # batch-major, as hidden[visual] reads them
@@ -357,7 +390,7 @@ class Qwen3VLBackbone(nn.Module):
         # our cache object is always passed, so use_cache (which only asks for a new one) is moot; under
         # activation checkpointing transformers would switch it off with a warning, so we do it first
         checkpointed = bool(getattr(language, "gradient_checkpointing", False)) and self.training
-        with _compute(embeds.device, self.mixed):
+        with compute_scope(embeds.device, self.mixed):
             out = language(
                 inputs_embeds=embeds,
                 attention_mask=additive,
@@ -375,12 +408,27 @@ class Qwen3VLBackbone(nn.Module):
         return out.last_hidden_state.float(), kv
 
 
-class BoundQwen3VL:
-    """A :class:`Qwen3VLBackbone` call with one batch's DeepStack features (see the module doc)."""
+def _visual_rank(types: torch.Tensor) -> torch.Tensor:
+    """Per prefix index (``(Lp,)`` or ``(B, Lp)`` modalities), the image token's rank, -1 for text."""
+    visual = types == 1
+    return torch.where(visual, visual.long().cumsum(-1) - 1, torch.full_like(types, -1).long())
 
-    def __init__(self, backbone: Qwen3VLBackbone, deepstack: list[torch.Tensor] | None) -> None:
+
+class BoundQwen3VL:
+    """A :class:`Qwen3VLBackbone` call with one batch's DeepStack features and, for a left-padded
+    prompt, its prefix positions (see the module doc)."""
+
+    def __init__(
+        self,
+        backbone: Qwen3VLBackbone,
+        deepstack: list[torch.Tensor] | None,
+        table: torch.Tensor | None = None,
+        visual_rank: torch.Tensor | None = None,
+    ) -> None:
         self.backbone = backbone
         self.deepstack = deepstack
+        self.table = table
+        self.visual_rank = visual_rank
         self.d_model = backbone.d_model
 
     def __call__(
@@ -390,125 +438,9 @@ class BoundQwen3VL:
         attn_mask: torch.Tensor,
         past: KVCache | None = None,
     ) -> tuple[torch.Tensor, KVCache]:
-        return self.backbone(embeds, position_ids, attn_mask, past, self.deepstack)
-
-
-class Qwen3VLObservationEncoder(nn.Module):
-    """Observation -> prefix embeddings for the Qwen3-VL backbone.
-
-    Prefix template, per view ``<|vision_start|> <|image_pad|> * n <|vision_end|>``, then the
-    instruction's Qwen3 tokens (right-padded to ``max_len``, padding masked as keys, so positions stay
-    fixed), then one proprio token (a linear projection of the normalised state). Images go through the
-    model's image processor (resize to multiples of 32 px, patchify) and vision tower; text through the
-    model's input embedding table. The HF model itself belongs to the backbone and is only referenced
-    here, so its weights appear once in the policy's state dict.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        image_processor: Any,
-        image_size: int,
-        num_views: int,
-        max_len: int,
-        proprio_dim: int,
-        mixed: bool = False,
-    ) -> None:
-        super().__init__()
-        object.__setattr__(self, "_model", model)  # not registered: the backbone owns it
-        self.mixed = mixed
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.max_len = max_len
-        self.num_views = num_views
-        cfg = model.config
-        d = int(cfg.text_config.hidden_size)
-        self.proprio_proj = nn.Linear(proprio_dim, d) if proprio_dim else None
-        probe = np.zeros((image_size, image_size, 3), np.uint8)
-        grid = torch.as_tensor(image_processor(images=[probe], return_tensors="pt")["image_grid_thw"])
-        merge = int(cfg.vision_config.spatial_merge_size)
-        self.tokens_per_view = int(grid[0].prod()) // merge**2
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else cfg.text_config.bos_token_id
-        self.pad_id = int(pad if pad is not None else 151643)
-        ids: list[int] = []
-        types: list[int] = []
-        for _ in range(num_views):
-            ids += [
-                cfg.vision_start_token_id,
-                *[cfg.image_token_id] * self.tokens_per_view,
-                cfg.vision_end_token_id,
-            ]
-            types += [0, *[1] * self.tokens_per_view, 0]
-        n_tail = max_len + int(proprio_dim > 0) + 1  # instruction, proprio, <latent_start>
-        ids += [self.pad_id] * n_tail
-        types += [0] * n_tail
-        # the template includes <latent_start>; the policy appends that token's embedding itself
-        self.register_buffer("template_ids", torch.tensor(ids), persistent=False)
-        self.register_buffer("template_types", torch.tensor(types), persistent=False)
-        self.register_buffer("grid_thw", grid.repeat(num_views, 1).long(), persistent=False)
-        self._text_cache: dict[str, list[int]] = {}
-
-    @property
-    def num_tokens(self) -> int:
-        """Observation tokens before ``<latent_start>``."""
-        return int(self.template_ids.numel()) - 1
-
-    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Instructions -> ``(ids (B, max_len), mask (B, max_len))``, right-padded, truncated."""
-        ids = torch.full((len(texts), self.max_len), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(texts), self.max_len, dtype=torch.bool)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ValueError(f"instruction[{i}] must be a string, got {type(text).__name__}")
-            row = self._text_cache.get(text)
-            if row is None:
-                row = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])[: self.max_len]
-                if len(self._text_cache) < 100_000:
-                    self._text_cache[text] = row
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
-        return ids, mask
-
-    def pixels(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(B, V, H, W, 3)`` -> the processor's flattened patches for all ``B * V`` images."""
-        flat = images.detach().cpu().numpy().reshape(-1, *images.shape[2:])
-        out = self.image_processor(images=list(flat), return_tensors="pt")
-        return torch.as_tensor(out["pixel_values"]).to(images.device)
-
-    def forward(
-        self,
-        images: torch.Tensor,
-        instruction_ids: torch.Tensor,
-        instruction_mask: torch.Tensor,
-        proprio: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """``(embeds (B, num_tokens, D), key validity (B, num_tokens), DeepStack [(B, n_img, D)])``."""
-        model = self._model
-        b, v = images.shape[:2]
-        grid = self.grid_thw.repeat(b, 1)
-        with _compute(images.device, self.mixed):
-            tokens, deep = _vision(model, self.pixels(images), grid)
-        n = self.tokens_per_view
-        tokens = tokens.float().view(b, v, n, -1)
-
-        def table(ids: torch.Tensor) -> torch.Tensor:
-            return model.get_input_embeddings()(ids).float()
-
-        cfg = model.config
-        marks = table(
-            torch.tensor([cfg.vision_start_token_id, cfg.vision_end_token_id], device=images.device)
+        return self.backbone(
+            embeds, position_ids, attn_mask, past, self.deepstack, self.table, self.visual_rank
         )
-        parts: list[torch.Tensor] = []
-        for view in range(v):
-            parts += [marks[:1].expand(b, 1, -1), tokens[:, view], marks[1:].expand(b, 1, -1)]
-        parts.append(table(instruction_ids))
-        valid = [torch.ones(b, v * (n + 2), dtype=torch.bool, device=images.device), instruction_mask]
-        if self.proprio_proj is not None and proprio is not None:
-            parts.append(self.proprio_proj(proprio)[:, None])
-            valid.append(valid[0][:, :1])
-        deepstack = [f.view(b, v * n, -1) for f in deep]
-        return torch.cat(parts, dim=1), torch.cat(valid, dim=1), deepstack
 
 
 def build_qwen3_vl(
@@ -521,9 +453,12 @@ def build_qwen3_vl(
     d_model: int,
     run: BackboneRunConfig | None = None,
     lora: tuple[int, float, tuple[str, ...]] = (0, 0.0, ()),
+    layout: tuple[int, int] = (0, 0),
 ) -> tuple[Qwen3VLBackbone, Qwen3VLObservationEncoder]:
     """Load (or randomly build) Qwen3-VL, add LoRA adapters and apply the run settings, and wrap it as
-    ``(backbone, observation encoder)``."""
+    ``(backbone, observation encoder)``. ``layout`` = ``(prompt_len, num_bins)`` for the reference
+    layout (its special tokens are added first, the prompt left-padded to ``prompt_len``); ``(0, 0)``
+    for ours."""
     run = run or BackboneRunConfig()
     dtype = torch.bfloat16 if run.precision == "bf16-true" else torch.float32
     model, tokenizer, processor = load_qwen3_vl(pretrained, size, dtype)
@@ -533,10 +468,15 @@ def build_qwen3_vl(
             f"PolicyConfig.d_model={d_model} but the Qwen3-VL model has hidden_size={hidden}; rebuild the "
             "PolicyConfig (d_model is read from the model's config.json)"
         )
+    prompt_len, num_bins = layout
+    tail_id = None
+    if prompt_len:
+        add_layout_tokens(model, tokenizer, num_bins, pretrained or f"the bundled {size} config")
+        tail_id = token_id(tokenizer, LATENT_START)
     configure_qwen3_vl(model, run, lora)
     mixed = run.precision == "bf16-mixed"
     encoder = Qwen3VLObservationEncoder(
-        model, tokenizer, processor, image_size, num_views, max_len, proprio_dim, mixed
+        model, tokenizer, processor, image_size, num_views, max_len, proprio_dim, mixed, prompt_len, tail_id
     )
     backbone = Qwen3VLBackbone(model, encoder.template_ids, encoder.template_types, encoder.grid_thw, mixed)
     return backbone, encoder

