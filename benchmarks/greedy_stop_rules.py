@@ -81,8 +81,9 @@ def _evaluate(
 ) -> dict[str, Any]:
     """Greedy evaluation of ``checkpoint`` with the run's decode and ``rule``; cached in ``cache``."""
     for path in ([reuse] if rule == "threshold" and reuse is not None else []) + [cache]:
-        if path.is_file() and json.loads(path.read_text())["episodes"] == episodes * len(cfg.env.tasks):
-            return json.loads(path.read_text())
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        if saved is not None and saved["episodes"] == episodes * len(cfg.env.tasks):
+            return saved
     policy = load_policy(checkpoint, cfg)
     decode = dataclasses.replace(cfg.decode, greedy_stop=rule)
     with make_env(cfg.env) as env:
@@ -98,6 +99,7 @@ def _rates(result: dict[str, Any]) -> dict[str, float]:
 def measure(bench: Path, rules: list[str], probe_n: int, episodes: int, loss: float) -> dict[str, Any]:
     rows: dict[str, list[dict[str, Any]]] = {rule: [] for rule in rules}
     probe: Observation | None = None
+    sft_policies: dict[tuple[str, Any, bool], LastR1Policy] = {}
     for run in _runs(bench):
         try:
             cfg = load_config(RLConfig, run / "config.yaml")
@@ -107,7 +109,10 @@ def measure(bench: Path, rules: list[str], probe_n: int, episodes: int, loss: fl
         if probe is None:
             probe = first_observations(cfg.env, "eval", probe_n)
             task = torch.from_numpy(probe.task)
-        sft, final = load_policy(cfg.checkpoint, cfg), load_policy(run / "final", cfg)
+        key = (cfg.checkpoint, cfg.decode, cfg.algo.stop.context)  # every run of a bench shares its SFT
+        if key not in sft_policies:
+            sft_policies[key] = load_policy(cfg.checkpoint, cfg)
+        sft, final = sft_policies[key], load_policy(run / "final", cfg)
         span = max(sft.layout.candidate_lengths()) - min(sft.layout.candidate_lengths())
         for rule in rules:
             before, after = _greedy_lengths(sft, probe, rule), _greedy_lengths(final, probe, rule)

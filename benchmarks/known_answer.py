@@ -105,15 +105,14 @@ def _sft(a: argparse.Namespace, name: str, steps: int | None) -> Path:
 
 def _evaluate(a: argparse.Namespace, checkpoint: Path, cfg: RLConfig) -> dict[str, float]:
     """Greedy and sampled success of ``checkpoint`` with the RL run's decode (cached beside it)."""
-    rates = {}
-    for mode in MODES:
-        path = checkpoint.parent / f"known_answer_{mode}.json"
-        if not path.is_file():
-            with make_env(cfg.env) as env:
-                result = evaluate(load_policy(checkpoint, cfg), env, a.episodes, mode=mode, progress=False)
-            save_eval(result, path)
-        rates[mode] = json.loads(path.read_text())["success_rate"]
-    return rates
+    paths = {mode: checkpoint.parent / f"known_answer_{mode}.json" for mode in MODES}
+    missing = [mode for mode, path in paths.items() if not path.is_file()]
+    if missing:  # one policy and one env for every evaluation still to run
+        policy = load_policy(checkpoint, cfg)
+        with make_env(cfg.env) as env:
+            for mode in missing:
+                save_eval(evaluate(policy, env, a.episodes, mode=mode, progress=False), paths[mode])
+    return {mode: json.loads(path.read_text())["success_rate"] for mode, path in paths.items()}
 
 
 def _rl(a: argparse.Namespace, seed: int) -> dict[str, float]:
