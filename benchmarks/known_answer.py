@@ -12,7 +12,8 @@ budget (the preset's ``rl`` section, e.g. ``iterations=10``) on the same task's 
 
 Success is measured on the task's ``eval`` starts (greedy and sampled, ``--episodes`` each); the
 recovered share per RL seed is ``(after - weak) / (full - weak)``. Prints one table and PASS or FAIL
-against the target for the mean share of each decode; every number goes to ``<out>/results.json``.
+against the target for the mean share of each decode; every number goes to ``<out>/results.json``
+(``results-<label>.json`` with ``--label``, which compares RL settings from the same SFT policies).
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--out", default="runs/known_answer")
     p.add_argument(
+        "--label",
+        default="",
+        help="name of this RL setting: its runs go to <out>/rl-<label>, so settings share the SFT policies",
+    )
+    p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="preset=NAME (default demo) and rl overrides"
     )
     a = p.parse_args(argv)
@@ -65,6 +71,10 @@ def _env_overrides(a: argparse.Namespace) -> list[str]:
     return [f"env.tasks=[{a.task}]"]
 
 
+def rl_dir_name(a: argparse.Namespace) -> str:
+    return f"rl-{a.label}" if a.label else "rl"
+
+
 def rl_config(a: argparse.Namespace, seed: int) -> RLConfig:
     return load_config(
         RLConfig,
@@ -72,7 +82,7 @@ def rl_config(a: argparse.Namespace, seed: int) -> RLConfig:
             *a.overrides,
             *_env_overrides(a),
             f"checkpoint={Path(a.out) / 'sft_weak' / 'final'}",
-            f"out={Path(a.out) / 'rl' / f'seed{seed}'}",
+            f"out={Path(a.out) / rl_dir_name(a) / f'seed{seed}'}",
             f"seed={seed}",
             f"eval_episodes_per_task={a.episodes}",
             "eval_at_start=false",
@@ -176,7 +186,8 @@ def main() -> None:
             "share": shares,
             "verdict": verdict,
         }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    name = f"results-{a.label}.json" if a.label else "results.json"
+    (out / name).write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
