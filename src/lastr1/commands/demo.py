@@ -22,8 +22,10 @@ from lastr1.algos import get_algorithm
 from lastr1.algos.base import without_stop_training
 from lastr1.commands import make_demos
 from lastr1.config import ConfigError, from_dict, load_preset, merge, preset_path
-from lastr1.eval.evaluate import eval_files, format_table, save_eval
-from lastr1.eval.report import write_run_report
+from lastr1.envs import make_env
+from lastr1.eval.evaluate import eval_files, evaluate, format_table, save_eval
+from lastr1.eval.report import write_run_report, write_sft_report
+from lastr1.models.load import load_policy
 from lastr1.train.rl import RLConfig, train_rl
 from lastr1.train.sft import SFTConfig, train_sft
 
@@ -109,6 +111,8 @@ def run(cfg: Config) -> int:
     t = _stage("2/5 SFT warm-up (actions + grounded latents + stop)")
     train_sft(sft_cfg)
     seconds["sft"] = time.perf_counter() - t
+    if sft_cfg.policy.family == "last0":
+        return _finish_without_rl(cfg, run_dir, rl_cfg, seconds)
 
     t = _stage(f"3/5 RL post-training ({cfg.algo}), evaluated before, during and after")
     train_rl(rl_cfg)
@@ -138,5 +142,43 @@ def run(cfg: Config) -> int:
         f"{'trains' if rl_cfg.value_trains_backbone else 'detached from'} the backbone."
     )
     report = write_run_report(run_dir, results["sft"], results["rl"], seconds, cfg.algo, setting=setting)
+    print(f"report: {report}")
+    return 0
+
+
+def _finish_without_rl(cfg: Config, run_dir: Path, rl_cfg: RLConfig, seconds: dict[str, float]) -> int:
+    """A LaST0 policy has no RL stage yet: evaluate the SFT policy the way the RL stage would have
+    (its env, eval episodes, videos) and write an SFT-only report."""
+    _stage("3/5 RL post-training: skipped")
+    print(
+        "RL skipped for policy.family=last0: RL for LaST0's flow-matching acting expert is not implemented "
+        "(docs/last0.md, 'RL: how it would plug in'); running SFT -> eval -> report",
+        flush=True,
+    )
+    t = _stage("4/5 the SFT policy on the eval initial states")
+    policy = load_policy(run_dir / "sft" / "final").eval()
+    with make_env(rl_cfg.env) as env:
+        result = evaluate(
+            policy,
+            env,
+            rl_cfg.eval_episodes_per_task,
+            videos_dir=run_dir / "sft" / "eval_videos" if rl_cfg.eval_videos else None,
+            progress=cfg.progress,
+        )
+    save_eval(result, run_dir / "eval_sft.json")
+    print(f"[sft]\n{format_table(result)}")
+    seconds["eval"] = time.perf_counter() - t
+
+    _stage("5/5 report")
+    env_cfg, l0 = rl_cfg.env, policy.config.last0
+    setting = (
+        f"Environment: {env_cfg.backend} {', '.join(env_cfg.tasks) or env_cfg.suite}; placements drawn "
+        f"from {env_cfg.placement_scale:g}x the benchmark's ranges, {env_cfg.max_steps} steps, "
+        f"{env_cfg.image_size} px; one scripted demo per task. Preset `{cfg.preset}`. Policy: LaST0 "
+        f"(policy.family=last0), {policy.layout.n_latents} latents, reasoning every {l0.reason_every} "
+        f"chunks, {l0.euler_steps} Euler steps, greedy = integration from zero noise."
+    )
+    note = "RL was skipped: RL for LaST0's flow-matching acting expert is not implemented (docs/last0.md)."
+    report = write_sft_report(run_dir, result, seconds, setting=setting, note=note)
     print(f"report: {report}")
     return 0

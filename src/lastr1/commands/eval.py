@@ -31,7 +31,7 @@ from lastr1.envs.suites import list_tasks, resolve_suite
 from lastr1.eval.evaluate import evaluate, format_table, save_eval_or_fallback
 from lastr1.eval.scripted import ScriptedPolicy
 from lastr1.models.decode import DecodeConfig
-from lastr1.models.policy import LastR1Policy
+from lastr1.models.load import load_policy
 from lastr1.serve.remote import RemotePolicy, is_remote
 from lastr1.train.run_dir import make_run_dir
 
@@ -106,6 +106,11 @@ def _protocol(cfg: Config, env: Any, policy: Any) -> dict[str, Any]:
         "pipeline": cfg.pipeline,
         "versions": stack_versions(),
     }
+    if getattr(policy, "family", "") == "last0":  # no stop rule: the flow integrated from zero noise
+        l0 = policy.config.last0
+        proto["actions"] = (
+            f"greedy flow (from zero noise, {l0.euler_steps} Euler steps), reasoning every {l0.reason_every} chunks"
+        )
     if cfg.env.backend == "libero":
         from lastr1.envs.libero import SETTLE_STEPS
 
@@ -141,7 +146,7 @@ def run(cfg: Config) -> int:
     policy: Any = None
     if cfg.policy == "checkpoint":
         # the decode is checked against the architecture here, before any episode runs
-        policy = LastR1Policy.from_pretrained(cfg.checkpoint, decode=cfg.decode).eval()
+        policy = load_policy(cfg.checkpoint, decode=cfg.decode).eval()  # LaST-R1 or LaST0
         if env_cfg.image_size != policy.config.image_size:
             print(f"note: using env.image_size={policy.config.image_size} to match the checkpoint")
             env_cfg.image_size = policy.config.image_size

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lastr1.models.decode import DecodeConfig
-from lastr1.models.policy import LastR1Policy
+from lastr1.models.load import load_policy
 from lastr1.serve.metadata import trained_instructions
 from lastr1.serve.remote import API_KEY_ENV
 from lastr1.serve.server import HEALTH_PATH, PolicyServer, ServerOptions
@@ -66,7 +66,7 @@ def build_server(cfg: Config) -> PolicyServer:
     """Load the checkpoint and wrap it in a server (what :func:`run` serves; tests call it too)."""
     if not cfg.checkpoint:
         raise ValueError("checkpoint: pass the policy directory to serve (checkpoint=runs/x/final)")
-    policy = LastR1Policy.from_pretrained(cfg.checkpoint, device=cfg.device, decode=cfg.decode).eval()
+    policy = load_policy(cfg.checkpoint, device=cfg.device, decode=cfg.decode).eval()  # LaST-R1 or LaST0
     options = ServerOptions(
         host=cfg.host,
         port=cfg.port,

@@ -8,6 +8,9 @@ Two modes, one behaviour:
   ``EnvConfig.workers`` groups contiguous slots into fewer, stepped in parallel through pipes. Best
   when simulation + rendering dominate and cores are free.
 
+* ``ray``: the same slots in Ray actors, on this machine or a cluster, with dead or stalled actors
+  replaced (:mod:`lastr1.envs.ray_vector`, imported only then).
+
 ``step_chunk`` also comes split in two, ``send_chunk(actions, slots)`` / ``recv_chunk()``: async
 workers step the sent slots while this process goes on, which is how the rollout collector overlaps
 the policy's forward pass for one group of slots with the simulation of another.
@@ -16,6 +19,8 @@ Each slot lazily builds one ``SingleEnv`` per task it is asked to run and keeps 
 ``max_cached_per_slot`` of them (LIBERO envs are ~2 GB, so it keeps one; Meta-World keeps all).
 Episodes end on success (``terminated``) or at the task's ``max_steps`` (``truncated``); a finished
 slot is not stepped again and keeps returning its final observation with zero reward until reset.
+A slot whose episode was lost with its worker (``ray`` only) is *failed*: it ends, unsuccessful and
+truncated, with ``info["failed"]`` set, so consumers can drop the episode instead of learning from it.
 """
 
 from __future__ import annotations
@@ -241,25 +246,33 @@ class BatchedEnv:
         self.image_size = cfg.image_size
         self.num_views = 2 if cfg.wrist_view else 1
         self._async = cfg.vector == "async"
-        if self._async:
-            ctx = mp.get_context("spawn")
-            workers = cfg.workers or self.num_envs
-            blocks = np.array_split(np.arange(self.num_envs), workers)  # contiguous slots per worker
-            self._remotes = [
-                _Remote(ctx, cfg, self.tasks, factory, max_cached_per_slot, b.tolist()) for b in blocks
-            ]
-            # slot -> (worker, index inside the worker)
-            self._where = [(w, j) for w, b in enumerate(blocks) for j in range(len(b))]
-        else:
-            self._slots = [_Slot(cfg, self.tasks, factory, max_cached_per_slot) for _ in range(self.num_envs)]
+        self._start_workers(factory, max_cached_per_slot)
         self._task = np.zeros(self.num_envs, dtype=np.int64)
         self._max_steps = np.zeros(self.num_envs, dtype=np.int64)
         self._steps = np.zeros(self.num_envs, dtype=np.int64)
         self._done = np.ones(self.num_envs, dtype=bool)
         self._success = np.zeros(self.num_envs, dtype=bool)
+        self._failed = np.zeros(self.num_envs, dtype=bool)  # episode lost with its worker (ray)
         self._last: list[SingleObs | None] = [None] * self.num_envs
         self._pending: deque[tuple[_Request, int]] = deque()  # chunks sent, not yet received (record)
         self._closed = False
+
+    def _start_workers(self, factory: SingleEnvFactory, cache: int) -> None:
+        """Create the slots: in this process (sync) or in spawned subprocesses (async)."""
+        if self._async:
+            ctx = mp.get_context("spawn")
+            workers = self.cfg.workers or self.num_envs
+            blocks = np.array_split(np.arange(self.num_envs), workers)  # contiguous slots per worker
+            self._remotes = [_Remote(ctx, self.cfg, self.tasks, factory, cache, b.tolist()) for b in blocks]
+            # slot -> (worker, index inside the worker)
+            self._where = [(w, j) for w, b in enumerate(blocks) for j in range(len(b))]
+        else:
+            self._slots = [_Slot(self.cfg, self.tasks, factory, cache) for _ in range(self.num_envs)]
+
+    def _mark_failed(self, slots: list[int]) -> None:
+        """End the episodes of ``slots`` as lost (their worker died): done, unsuccessful, flagged."""
+        self._failed[slots] = True
+        self._done[slots] = True
 
     # -- dispatch -------------------------------------------------------------------------------
     def _send(self, method: str, per_slot_args: list[tuple[Any, ...]], which: list[int]) -> _Request:
@@ -314,6 +327,7 @@ class BatchedEnv:
         self._steps[:] = 0
         self._done[:] = False
         self._success[:] = False
+        self._failed[:] = False
         self._last = list(obs)
         return self._batch(self._last)
 
@@ -340,10 +354,13 @@ class BatchedEnv:
     def send_chunk(self, actions: np.ndarray, slots: Any = None, record: int = 0) -> None:
         """Start one ``(N, C, 7)`` action chunk on ``slots`` (default: every live slot); rows of other
         slots are ignored. Async workers step while the caller goes on (e.g. the policy decides for
-        other slots); :meth:`recv_chunk` returns the results, oldest send first."""
+        other slots); :meth:`recv_chunk` returns the results, oldest send first. Failed slots (their
+        episode was lost with a worker since the caller last looked) are skipped, not refused: the
+        result reports them ended with ``info["failed"]``."""
         acts = check_action_chunks(actions, self.num_envs)
         busy = {i for req, _ in self._pending for i in req.which}
         which = self._active() if slots is None else [int(i) for i in slots]
+        which = [i for i in which if not (0 <= i < self.num_envs and self._failed[i])]
         bad = [i for i in which if not 0 <= i < self.num_envs or self._done[i] or i in busy]
         if bad:
             raise ValueError(
@@ -379,13 +396,19 @@ class BatchedEnv:
         return [i for i in range(self.num_envs) if not self._done[i]]
 
     def _end_of_step(self, active: list[int]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """Episode-end flags after a step of the ``active`` slots; marks finished slots done."""
+        """Episode-end flags after a step of the ``active`` slots; marks finished slots done.
+        A failed slot (episode lost with its worker) is truncated, and flagged in ``info["failed"]``."""
         terminated = self._success.copy()
-        truncated = ~terminated & (self._steps >= self._max_steps)
+        truncated = ~terminated & ((self._steps >= self._max_steps) | self._failed)
         was_active = np.zeros(self.num_envs, dtype=bool)
         was_active[active] = True
         self._done |= terminated | truncated
-        info = {"success": self._success.copy(), "active": was_active, "steps": self._steps.copy()}
+        info = {
+            "success": self._success.copy(),
+            "active": was_active,
+            "steps": self._steps.copy(),
+            "failed": self._failed.copy(),
+        }
         return terminated, truncated, info
 
     def expert_actions(self, slots: np.ndarray | list[int]) -> np.ndarray:
@@ -437,4 +460,8 @@ def build_vector_env(
     cfg: EnvConfig, tasks: list[TaskSpec], factory: SingleEnvFactory, max_cached_per_slot: int
 ) -> BatchedEnv:
     """Batch ``cfg.num_envs`` slots of ``factory``-made simulators (see module docstring)."""
+    if cfg.vector == "ray":  # imported here so that only env.vector=ray needs ray installed
+        from lastr1.envs.ray_vector import RayBatchedEnv
+
+        return RayBatchedEnv(cfg, tasks, factory, max_cached_per_slot)
     return BatchedEnv(cfg, tasks, factory, max_cached_per_slot)

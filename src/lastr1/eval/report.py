@@ -415,3 +415,42 @@ def write_run_report(
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def write_sft_report(
+    run_dir: Path, result: dict[str, Any], seconds: dict[str, float], setting: str = "", note: str = ""
+) -> Path:
+    """``report.md`` for a run without an RL stage (a LaST0 policy in ``lastr1 demo``): the SFT policy's
+    greedy success per task with 95 % Wilson intervals, its videos and the time per stage."""
+    lines = [
+        f"# lastr1 run report: {run_dir.name}",
+        "",
+        "SFT warm-up only; evaluation on the held-out `eval` initial states, greedy."
+        + (f" {setting}" if setting else ""),
+        "",
+        *([note, ""] if note else []),
+        "## Success of the SFT policy (95 % Wilson intervals)",
+        "",
+        "| task | success | latent len | episodes |",
+        "|---|---|---|---|",
+    ]
+    for name, r in [*result["per_task"].items(), ("**overall**", result)]:
+        lo, hi = r["ci95"]
+        lines.append(
+            f"| {name} | {r['success_rate']:.0%} [{lo:.0%}, {hi:.0%}] | {r['mean_latent_len']:.2f} | {r['episodes']} |"
+        )
+    videos = [(n, r["video"]) for n, r in result["per_task"].items() if r.get("video")]
+    if videos:
+        lines += ["", "## Rollout videos", ""]
+        lines += [f"- SFT / {n}: [{Path(v).name}]({_link(v, run_dir)})" for n, v in videos]
+    if seconds:
+        lines += ["", "## Time per stage (seconds)", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
+    lines += [
+        "",
+        "Reproduce by hand: `lastr1 sft --config sft/config.yaml`, `lastr1 eval --checkpoint sft/final ...`.",
+        "",
+    ]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

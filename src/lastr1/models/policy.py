@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +43,7 @@ from lastr1.models.backbones.factory import (
 )
 from lastr1.models.backbones.run_settings import RUN_FILE, BackboneRunConfig
 from lastr1.models.decode import DECODE_FILE, DecodeConfig, split_legacy_config
+from lastr1.models.last0.config import Last0Config
 from lastr1.models.latent import DecodeStream, SequenceLayout, choose_stop, sample_tokens
 from lastr1.models.policy_io import ActionOutput, LogProbs, PolicyBatch, PolicyInputs, SFTOutputs
 
@@ -59,6 +60,10 @@ class PolicyConfig:
     Reference (LaST-R1 LIBERO) values where they apply.
     """
 
+    # which policy: "lastr1" (latent reasoning with an adaptive stop, discrete action tokens) or "last0"
+    # (the dual-system predecessor: reasoning and acting experts, flow-matching actions; its own
+    # settings are last0.*; docs/last0.md). Saved in config.json, so loaders pick the right class
+    family: Literal["lastr1", "last0"] = "lastr1"
     # the sequence model: "tiny" (from scratch, for CPU) or "qwen3_vl" (Qwen3-VL's language model and
     # vision tower through transformers). For qwen3_vl, d_model / n_layers / n_heads are read from the
     # model's config.json (values given here are replaced), and mlp_ratio, dropout, image_grid and
@@ -125,10 +130,17 @@ class PolicyConfig:
     target_dim: int = 0
     binarize_gripper: bool = True
     normalize_mask: tuple[bool, ...] = ()  # empty = every dim but the gripper (last)
+    # family=last0 only: the dual system's settings (keyframes, reason_every, euler_steps, ...)
+    last0: Last0Config = field(default_factory=Last0Config)
 
     def __post_init__(self) -> None:
         self._resolve_backbone()
         checks = [
+            (self.family in ("lastr1", "last0"), f"family={self.family!r} must be 'lastr1' or 'last0'"),
+            (
+                self.family != "last0" or self.backbone == "tiny",
+                "family=last0 runs on backbone=tiny only (the Qwen3-VL wrapping is planned in docs/last0.md)",
+            ),
             (self.k_max >= 0, f"k_max={self.k_max} must be >= 0"),
             (self.latent_group >= 1, f"latent_group={self.latent_group} must be >= 1"),
             (
@@ -239,6 +251,12 @@ class LastR1Policy(nn.Module):
     ) -> None:
         super().__init__()
         cfg = self.config = config or PolicyConfig()
+        if cfg.family != "lastr1":
+            raise ValueError(
+                f"policy.family={cfg.family!r} is a LaST0 policy, not LaST-R1: build it with "
+                "lastr1.models.last0.policy.Last0Policy and load saved folders with lastr1.models.load_policy; "
+                "LaST-R1-only code (RL, log_probs) does not apply to it (docs/last0.md)"
+            )
         self.backbone_run = backbone_run or BackboneRunConfig()
         self.backbone_run.check_for(cfg.backbone)
         self.decode = decode or DecodeConfig()  # the default for act(); saved as decode.json

@@ -6,7 +6,9 @@ environments execute them open loop (fewer if an episode ends inside the chunk) 
 stores everything LAPO needs to recompute log-probs later — the observation, the policy's
 :class:`ActionOutput` (latents, stop, action tokens, old log-probs, value) — plus reward and done,
 and returns a padded :class:`Rollout`. Finished slots are dropped from the policy batch, so the
-forward pass only pays for live episodes.
+forward pass only pays for live episodes. An episode the env reports as failed (``info["failed"]``:
+its Ray worker died or stalled) keeps its row but loses its decisions, and :meth:`Rollout.completed`
+drops it, so nothing trains on an episode cut short by a crash.
 """
 
 from __future__ import annotations
@@ -54,8 +56,42 @@ class Rollout:
     task: torch.Tensor  # (N,) task index
     group: torch.Tensor  # (N,) initial-state group id (same id = same start)
     latent_len: torch.Tensor  # (N, T) chosen reasoning length per decision (0 on padding)
+    # (N,) bool: the episode was lost with its env worker (no decisions kept); None = none was
+    failed: torch.Tensor | None = None
     frames: list[list[np.ndarray]] = field(default_factory=list)  # per episode, agent-view frames
     seconds: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.failed is None:
+            self.failed = torch.zeros(self.mask.shape[0], dtype=torch.bool)
+
+    @property
+    def num_failed(self) -> int:
+        """Episodes lost with their env worker (reported by ``env.vector=ray``)."""
+        return 0 if self.failed is None else int(self.failed.sum())
+
+    def completed(self) -> Rollout:
+        """This rollout without its failed episodes (itself if none failed). Their decisions are
+        already gone, so ``out`` and ``index`` stay valid; GRPO groups and success rates then count
+        only episodes that ran to their end."""
+        if self.failed is None or not bool(self.failed.any()):
+            return self
+        keep = ~self.failed
+        rows = set(keep.nonzero().flatten().tolist())
+        return Rollout(
+            out=self.out,
+            index=self.index[keep],
+            mask=self.mask[keep],
+            rewards=self.rewards[keep],
+            values=self.values[keep],
+            success=self.success[keep],
+            env_steps=self.env_steps[keep],
+            task=self.task[keep],
+            group=self.group[keep],
+            latent_len=self.latent_len[keep],
+            frames=[f for i, f in enumerate(self.frames) if i in rows],
+            seconds=dict(self.seconds),
+        )
 
     @property
     def num_decisions(self) -> int:
@@ -119,12 +155,15 @@ def collect(
         raise ValueError(f"collect needs one EpisodeSpec per env slot: got {len(episodes)} for {n} envs")
     if not 1 <= pipeline <= n:
         raise ValueError(f"pipeline={pipeline} must be in [1, num_envs={n}] (1 = no overlap)")
+    if callable(getattr(policy, "reset", None)):  # a stateful policy (LaST0's kept reasoning) starts afresh
+        policy.reset()  # type: ignore[attr-defined]
     t0 = time.perf_counter()
     obs = env.reset(episodes)
     t_env = time.perf_counter() - t0
     t_policy = 0.0
     done = np.zeros(n, dtype=bool)
     success = np.zeros(n, dtype=bool)
+    failed = np.zeros(n, dtype=bool)
     env_steps = np.zeros(n, dtype=np.int64)
     frames: list[list[np.ndarray]] = [[obs.images[i, 0]] for i in range(min(record_frames, n))]
     out_rows: list[Any] = []
@@ -174,6 +213,7 @@ def collect(
         newly_success = res.info["success"] & ~success
         success[slots] = res.info["success"][slots]
         done[slots] = (res.terminated | res.truncated)[slots]
+        failed |= res.info.get("failed", False)
         values = (
             out.value.detach().cpu().numpy()
             if getattr(out, "value", None) is not None
@@ -188,7 +228,15 @@ def collect(
         live = slots[~done[slots]]
         if len(live):
             decide(live)
-    t_max = max(len(s) for s in per_slot)
+    out_all = type(out_rows[0]).cat(out_rows)
+    if failed.any():  # drop the lost episodes' decisions; their rows stay, empty, flagged `failed`
+        success[failed] = False
+        per_slot = [[] if failed[i] else steps for i, steps in enumerate(per_slot)]
+        kept = sorted(r for steps in per_slot for r, *_ in steps)
+        renumber = {old: new for new, old in enumerate(kept)}
+        per_slot = [[(renumber[r], *rest) for r, *rest in steps] for steps in per_slot]
+        out_all = out_all.index(kept)
+    t_max = max((len(s) for s in per_slot), default=0)
     index = torch.full((n, t_max), -1, dtype=torch.long)
     rewards = torch.zeros(n, t_max)
     values_t = torch.zeros(n, t_max)
@@ -201,7 +249,7 @@ def collect(
         ids = {k: j for j, k in enumerate(dict.fromkeys(keys))}
         group = [ids[k] for k in keys]
     return Rollout(
-        out=type(out_rows[0]).cat(out_rows),
+        out=out_all,
         index=index,
         mask=index >= 0,
         rewards=rewards,
@@ -211,6 +259,7 @@ def collect(
         task=torch.tensor([e.task for e in episodes]),
         group=torch.tensor(group),
         latent_len=lat,
+        failed=torch.from_numpy(failed),
         frames=frames,
         seconds={"env": t_env, "policy": t_policy, "total": time.perf_counter() - t0},
     )
@@ -240,6 +289,7 @@ def merge_rollouts(parts: list[Rollout]) -> Rollout:
         task=torch.cat([p.task for p in parts]),
         group=torch.cat([p.group for p in parts]),
         latent_len=torch.cat([pad(p.latent_len) for p in parts]),
+        failed=torch.cat([p.failed for p in parts]),
         frames=[f for p in parts for f in p.frames],
         seconds={k: sum(p.seconds.get(k, 0.0) for p in parts) for k in parts[0].seconds},
     )

@@ -8,6 +8,7 @@ Rollouts use only ``train`` initial states; periodic evaluation uses the disjoin
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,6 @@ from lastr1.algos import (
     get_algorithm,
     grpo,
     stop_baseline_shift,
-    whitening,
 )
 from lastr1.algos.losses import stop_kl, token_kl
 from lastr1.envs import EpisodeSpec, make_env
@@ -36,9 +36,9 @@ from lastr1.models.policy_io import ActionOutput, PolicyBatch
 from lastr1.rollout.collector import Rollout, collect, merge_rollouts
 from lastr1.train.checkpoint import CheckpointManager, all_finite, load_state
 from lastr1.train.diagnostics import iteration_diagnostics
+from lastr1.train.distributed import SINGLE, DistContext, NullLogger, session
 from lastr1.train.metrics import MetricsLogger
 from lastr1.train.rl_config import RLConfig, RLExperimental
-from lastr1.train.run_dir import RunLock
 from lastr1.train.run_record import config_changes, resume_point, write_record
 
 __all__ = ["RLConfig", "RLExperimental", "load_policy", "train_rl", "update_policy"]
@@ -61,10 +61,11 @@ def _train_episodes(cfg: RLConfig, env: VectorEnv, iteration: int) -> tuple[list
 
 
 def _advantages(
-    cfg: RLConfig, algo_adv: str, roll: Rollout
+    cfg: RLConfig, algo_adv: str, roll: Rollout, ctx: DistContext = SINGLE
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(N, T) advantages and returns for the chosen estimator, and the stop's advantages where
-    ``algo.stop.advantage`` makes them differ (GAE only: group advantages have no critic)."""
+    ``algo.stop.advantage`` makes them differ (GAE only: group advantages have no critic).
+    Whitening is over every rank's rollouts (``ctx``); a group never spans two ranks."""
     stop_adv = None
     if algo_adv == "gae":
         adv, ret = gae(roll.rewards, roll.values, roll.mask, cfg.algo.gamma, cfg.algo.lam)
@@ -81,7 +82,7 @@ def _advantages(
         adv = grpo(roll.rewards, roll.mask, roll.group)
         ret = adv.clone()
     if cfg.algo.whiten_advantages and algo_adv == "gae":
-        mean, scale = whitening(adv, roll.mask, roll.task if cfg.experimental.whiten_per_task else None)
+        mean, scale = ctx.whitening(adv, roll.mask, roll.task if cfg.experimental.whiten_per_task else None)
         m = roll.mask.to(adv.dtype)
         adv, stop_adv = [None if a is None else (a - mean) * scale * m for a in (adv, stop_adv)]
     return adv, ret, stop_adv
@@ -148,22 +149,25 @@ def update_policy(
     out: ActionOutput,
     it: int,
     anchor: LastR1Policy | None = None,
+    ctx: DistContext = SINGLE,
 ) -> dict[str, float]:
     """K epochs of minibatch updates; raises FloatingPointError on a non-finite loss or gradient norm.
 
     ``anchor`` (the frozen starting policy) is needed when ``algo.kl_coef`` or ``algo.stop.kl_coef``
     is > 0. The bad minibatch is not applied, but earlier minibatches of this call already were: the
-    caller must roll the policy back to its last good weights.
+    caller must roll the policy back to its last good weights. Under torchrun (``ctx``) a minibatch
+    is the union of every rank's piece, and each step's gradient that of the mean loss over it.
     """
     algo = get_algorithm(cfg.algo.name)
     n = old.advantages.shape[0]
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + it + 7)  # minibatch order, reproducible
     sums: dict[str, float] = {}
     count = 0
+    parts = ctx.agree_min(min(cfg.minibatches, n))  # every rank steps the optimizer equally often
     policy.train()
     for _ in range(cfg.epochs):
         perm = torch.randperm(n, generator=gen)
-        for mb in perm.chunk(min(cfg.minibatches, n)):
+        for mb in ctx.split(perm, parts):
             batch = PolicyBatch.from_act(out.index(mb))
             lp = policy.log_probs(batch, detach_value=not cfg.value_trains_backbone)
             kl_ref = stop_kl_ref = None
@@ -176,10 +180,12 @@ def update_policy(
                     stop_kl_ref = stop_kl(lp.stop_logits, ref.stop_logits, batch.stop_temperature)
             new = NewTerms(lp.logp_tokens, lp.logp_stop, lp.mu, lp.value, lp.entropy, kl_ref, stop_kl_ref)
             loss, metrics = algo.loss(new, old.index(mb), cfg.algo)
-            if not torch.isfinite(loss):
+            weight, finite = ctx.batch_weight(len(mb), bool(torch.isfinite(loss)))  # finite on every rank
+            if not finite:
                 raise FloatingPointError(f"non-finite loss ({loss.item()}) in the {cfg.algo.name} update")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()
+            ctx.average_grads(policy.parameters())
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             if not torch.isfinite(grad_norm):
                 raise FloatingPointError("non-finite gradient norm in the update")
@@ -243,9 +249,10 @@ def load_policy(path: str | Path, cfg: RLConfig) -> LastR1Policy:
 def train_rl(cfg: RLConfig) -> dict[str, Any]:
     """Run (or resume) an RL post-training job; returns the final state and last evaluation.
 
-    ``cfg.out`` is held under an exclusive lock for the whole run (:mod:`lastr1.train.run_dir`)."""
-    with RunLock(cfg.out):
-        return _train_rl(cfg)
+    ``cfg.out`` is held under an exclusive lock for the whole run (:mod:`lastr1.train.run_dir`).
+    Under torchrun every rank calls this; rank 0 holds the lock and writes (``cfg.distributed``)."""
+    with session(cfg.distributed) as ctx, ctx.main_lock(cfg.out):
+        return _train_rl(cfg, ctx)
 
 
 def check_eval_episodes(cfg: RLConfig, env: VectorEnv) -> None:
@@ -259,16 +266,20 @@ def check_eval_episodes(cfg: RLConfig, env: VectorEnv) -> None:
             )
 
 
-def _train_rl(cfg: RLConfig) -> dict[str, Any]:
+def _train_rl(cfg: RLConfig, ctx: DistContext = SINGLE) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
+    # each rank collects whole rounds of its env slots, and a GRPO group stays on one rank
+    share = math.lcm(cfg.env.num_envs, cfg.rollouts_per_start)
+    ctx.check_share("rollouts_per_iter", cfg.rollouts_per_iter, share, "env.num_envs (x group_size for GRPO)")
     out_dir = Path(cfg.out)
     mgr = CheckpointManager(out_dir / "checkpoints")
-    latest = resume_point(out_dir, mgr, cfg.resume, cfg.overwrite)
-    changes = config_changes(out_dir, cfg, cfg.allow_changes) if latest is not None else {}
+    # rank 0 decides (overwrite=true deletes); every rank then loads the same checkpoint
+    latest = ctx.on_main(resume_point, out_dir, mgr, cfg.resume, cfg.overwrite)
+    changes = ctx.on_main(config_changes, out_dir, cfg, cfg.allow_changes) if latest is not None else {}
     if latest is None and not cfg.checkpoint:
         raise ValueError("checkpoint: give the SFT checkpoint to start RL from (checkpoint=runs/.../final)")
     source = latest / "policy" if latest is not None else Path(cfg.checkpoint)
-    policy = load_policy(source, cfg)
+    policy = ctx.prepare(load_policy(source, cfg))
     anchor = None
     if cfg.algo.kl_coef > 0 or cfg.algo.stop.kl_coef > 0:  # the anchor is RL's start, also after a resume
         if not cfg.checkpoint:
@@ -279,7 +290,7 @@ def _train_rl(cfg: RLConfig) -> dict[str, Any]:
     opt = make_optimizer(policy, cfg)
     state: dict[str, Any] = {"iteration": 0, "env_steps": 0, "last_eval": None}
     if latest is not None:
-        opt.load_state_dict(load_state(latest / "optimizer.pt"))
+        ctx.load_optimizer(policy, opt, load_state(latest / "optimizer.pt"))
         # the loaded groups carry the rates they were saved with; use this config's (the same
         # unless allow_changes let them change), so config.yaml says what the optimizer uses
         for name, lr in group_lrs(cfg).items():
@@ -291,29 +302,36 @@ def _train_rl(cfg: RLConfig) -> dict[str, Any]:
                 f"{latest / 'trainer_state.json'} is unreadable; delete {latest} to resume from the "
                 "checkpoint before it, or pass overwrite=true to start over"
             ) from None
-        print(f"resuming {out_dir} from iteration {state['iteration']} ({latest.name})")
+        if ctx.is_main:
+            print(f"resuming {out_dir} from iteration {state['iteration']} ({latest.name})")
     adv_kind = cfg.advantage_kind
     env = make_env(cfg.env)
     try:
         check_eval_episodes(cfg, env)  # every setting is checked before any iteration is spent
-        write_record(out_dir, cfg, changes, state["iteration"])  # the run has started: record it
-        logger = MetricsLogger(out_dir, resume_step=state["iteration"] if latest is not None else None)
+        resume_step = state["iteration"] if latest is not None else None
+        if ctx.is_main:
+            write_record(out_dir, cfg, changes, state["iteration"])  # the run has started: record it
+        logger = MetricsLogger(out_dir, resume_step=resume_step) if ctx.is_main else NullLogger()
     except BaseException:
         env.close()
         raise
     bar = tqdm(
-        total=cfg.iterations, initial=state["iteration"], desc=f"rl {cfg.algo.name}", disable=not cfg.progress
+        total=cfg.iterations,
+        initial=state["iteration"],
+        desc=f"rl {cfg.algo.name}",
+        disable=not cfg.progress or not ctx.is_main,
     )
     try:
-        if cfg.eval_at_start and state["iteration"] == 0 and state["last_eval"] is None:
+        if ctx.is_main and cfg.eval_at_start and state["iteration"] == 0 and state["last_eval"] is None:
             state["last_eval"] = _evaluate(cfg, policy, env, out_dir, 0, logger, state)
         while state["iteration"] < cfg.iterations:
             if cfg.max_env_steps and state["env_steps"] >= cfg.max_env_steps:
                 break
             it = state["iteration"] + 1
             t0 = time.perf_counter()
-            specs, groups = _train_episodes(cfg, env, it)
-            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + it)
+            specs, groups = _train_episodes(cfg, env, it)  # the global draw; this rank collects its share
+            specs, groups = ctx.shard(specs), ctx.shard(groups)
+            gen = torch.Generator().manual_seed(ctx.rank_seed(cfg.seed * 100_003 + it))
             rounds = []
             for s in range(0, len(specs), env.num_envs):
                 rounds.append(
@@ -329,14 +347,20 @@ def _train_rl(cfg: RLConfig) -> dict[str, Any]:
                     )
                 )
             roll = merge_rollouts(rounds)
+            # episodes lost to a dead or stalled env worker (env.vector=ray): counted, never trained on
+            env_failures = ctx.sum_int(roll.num_failed)  # every rank's
+            roll = roll.completed()
             t_collect = time.perf_counter() - t0
-            adv, ret, stop_adv = _advantages(cfg, adv_kind, roll)
+            adv, ret, stop_adv = _advantages(cfg, adv_kind, roll, ctx)
             old = old_terms(roll, adv, ret, stop_adv)
             if cfg.algo.stop.context:  # a fresh readout is centred on this batch's start states, once
-                policy.fit_stop_context_center(roll.out.inputs.index(roll.index[:, 0]))
+                fitted = policy.fit_stop_context_center(roll.out.inputs.index(roll.index[:, 0]))
+                if fitted:  # on every rank alike: their centres' mean is the union's
+                    ctx.average_buffer(policy.stop_context_center)
             t1 = time.perf_counter()
+            ranks = {"ctx": ctx} if ctx.distributed else {}  # one process: the call tests wrap, unchanged
             try:
-                upd = update_policy(policy, opt, cfg, old, roll.out, it, anchor)
+                upd = ctx.mean_metrics(update_policy(policy, opt, cfg, old, roll.out, it, anchor, **ranks))
             except FloatingPointError as exc:
                 good = mgr.latest()
                 where = good.name if good else "none yet"
@@ -351,37 +375,41 @@ def _train_rl(cfg: RLConfig) -> dict[str, Any]:
                 break
             t_update = time.perf_counter() - t1
             t2 = time.perf_counter()
-            diag = iteration_diagnostics(  # why the policy does (not) improve: lastr1.train.diagnostics
-                policy,
-                roll,
-                old,
-                cfg.algo,
-                advantage_kind=adv_kind,
-                task_names=[t.name for t in env.tasks],
-                anchor=anchor,
-                detach_value=not cfg.value_trains_backbone,
-                batch_size=-(-roll.num_decisions // cfg.minibatches),  # one update minibatch
-                seed=cfg.seed * 100_003 + it + 11,
-            )
+            diag: dict[str, float] = {}
+            if ctx.is_main:  # logged by rank 0 for its share of the rollouts; the others skip the cost
+                diag = iteration_diagnostics(  # why the policy does (not) improve: lastr1.train.diagnostics
+                    policy,
+                    roll,
+                    old,
+                    cfg.algo,
+                    advantage_kind=adv_kind,
+                    task_names=[t.name for t in env.tasks],
+                    anchor=anchor,
+                    detach_value=not cfg.value_trains_backbone,
+                    batch_size=-(-roll.num_decisions // cfg.minibatches),  # one update minibatch
+                    seed=cfg.seed * 100_003 + it + 11,
+                )
             diag["sec_diag"] = time.perf_counter() - t2
-            steps = int(roll.env_steps.sum())
+            steps = ctx.sum_int(int(roll.env_steps.sum()))  # every rank's
             state["env_steps"] += steps
             state["iteration"] = it
             row = {
                 "env_steps": state["env_steps"],
-                **_rollout_metrics(roll, env),
+                **_rollout_metrics(ctx.gather_rollout(roll), env),  # rank 0: every rank's episodes
                 **upd,
                 **diag,
                 "env_steps_per_s": steps / max(t_collect, 1e-9),
+                "env_failures": env_failures,
                 "sec_collect": t_collect,
                 "sec_update": t_update,
                 "sec_env": sum(r.seconds["env"] for r in rounds),
                 "sec_policy": sum(r.seconds["policy"] for r in rounds),
             }
             logger.log(it, row)
-            if (cfg.eval_every and it % cfg.eval_every == 0) or it == cfg.iterations:
+            if ctx.is_main and ((cfg.eval_every and it % cfg.eval_every == 0) or it == cfg.iterations):
                 state["last_eval"] = _evaluate(cfg, policy, env, out_dir, it, logger, state)
-            _save(mgr, policy, opt, state)
+            if ctx.is_main:
+                _save(mgr, policy, opt, state)
             bar.update(1)
             bar.set_postfix(success=f"{row['train_success']:.2f}", lat=f"{row.get('latent_len_mean', 0):.1f}")
     finally:
@@ -389,8 +417,9 @@ def _train_rl(cfg: RLConfig) -> dict[str, Any]:
         env.close()
         logger.close()
     final = out_dir / "final"
-    policy.save_pretrained(final)
-    return state
+    if ctx.is_main:
+        policy.save_pretrained(final)
+    return ctx.broadcast_object(state)  # rank 0's (it holds the last evaluation); waits for final/
 
 
 def _evaluate(

@@ -8,6 +8,7 @@ not in the training loop, so a bad combination fails before anything runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from lastr1.algos import AlgoConfig, get_algorithm
 from lastr1.envs import EnvConfig
@@ -84,6 +85,10 @@ class RLConfig:
     # slot groups that take turns, so the policy decides for one while the others simulate
     # (rollout.collect); pays off with env.vector=async and env.workers below the core count
     pipeline: int = 1
+    # the learner under torchrun (docs/scaling.md): auto = ddp when torchrun started several
+    # processes, else one process; ddp = every rank collects rollouts_per_iter / WORLD_SIZE episodes
+    # (rollouts_per_iter stays the global count) and gradients are averaged; rank 0 writes
+    distributed: Literal["auto", "none", "ddp"] = "auto"
     progress: bool = True
     experimental: RLExperimental = field(default_factory=RLExperimental)
 

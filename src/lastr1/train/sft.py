@@ -39,8 +39,9 @@ from lastr1.models.latent import SequenceLayout
 from lastr1.models.policy import LastR1Policy, PolicyConfig
 from lastr1.models.teachers.base import TeacherConfig
 from lastr1.train.checkpoint import CheckpointManager, all_finite, load_state
+from lastr1.train.distributed import SINGLE, DistContext, NullLogger, session
 from lastr1.train.metrics import MetricsLogger
-from lastr1.train.run_dir import RunLock, writable_dir
+from lastr1.train.run_dir import writable_dir
 from lastr1.train.run_record import config_changes, resume_point, write_record
 
 
@@ -82,6 +83,10 @@ class SFTConfig:
     # such as policy allows all its fields); the old and new values go to config_history.jsonl
     allow_changes: list[str] = field(default_factory=list)
     progress: bool = True
+    # the learner under torchrun (docs/scaling.md): auto = ddp when torchrun started several processes,
+    # else one process; every rank trains on its share of each batch (batch_size stays the global
+    # count); fsdp2 also shards a Qwen3-VL backbone over the ranks
+    distributed: Literal["auto", "none", "ddp", "fsdp2"] = "auto"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "threads"):
@@ -104,6 +109,11 @@ class SFTConfig:
         if self.latent_loss not in ("cos", "cos_mse"):
             raise ValueError(f"latent_loss={self.latent_loss!r} must be 'cos' (reference) or 'cos_mse'")
         self.backbone_run.check_for(self.policy.backbone)
+        if self.distributed == "fsdp2" and self.policy.backbone != "qwen3_vl":
+            raise ValueError(
+                "distributed=fsdp2 shards a Qwen3-VL backbone (policy.backbone=qwen3_vl); "
+                f"for policy.backbone={self.policy.backbone} use distributed=ddp"
+            )
 
 
 @dataclass
@@ -250,18 +260,27 @@ def _policy_config(cfg: SFTConfig, dataset: Dataset) -> PolicyConfig:
 def train_sft(cfg: SFTConfig) -> Path:
     """Train (or resume) and return the directory of the final policy checkpoint.
 
-    ``cfg.out`` is held under an exclusive lock for the whole run (:mod:`lastr1.train.run_dir`)."""
-    with RunLock(cfg.out):
-        return _train_sft(cfg)
+    ``cfg.out`` is held under an exclusive lock for the whole run (:mod:`lastr1.train.run_dir`).
+    ``policy.family=last0`` trains the dual-system policy (:mod:`lastr1.train.sft_last0`)."""
+    with session(cfg.distributed) as ctx, ctx.main_lock(cfg.out):
+        if ctx.distributed and cfg.policy.family == "last0":
+            raise ValueError("policy.family=last0 trains in one process: run lastr1 sft without torchrun")
+        if cfg.policy.family == "last0":
+            from lastr1.train.sft_last0 import train_sft_last0
+
+            return train_sft_last0(cfg)
+        return _train_sft(cfg, ctx)
 
 
-def _train_sft(cfg: SFTConfig) -> Path:
+def _train_sft(cfg: SFTConfig, ctx: DistContext = SINGLE) -> Path:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out)
     mgr = CheckpointManager(out_dir / "checkpoints")
-    latest = resume_point(out_dir, mgr, cfg.resume, cfg.overwrite)
-    changes = config_changes(out_dir, cfg, cfg.allow_changes) if latest is not None else {}
+    ctx.check_share("batch_size", cfg.batch_size)  # the global batch, in equal shares
+    # rank 0 decides (overwrite=true deletes); every rank then loads the same checkpoint
+    latest = ctx.on_main(resume_point, out_dir, mgr, cfg.resume, cfg.overwrite)
+    changes = ctx.on_main(config_changes, out_dir, cfg, cfg.allow_changes) if latest is not None else {}
     dataset = load_dataset(cfg.data)
     stats = load_statistics(cfg.data)
     targets = None
@@ -277,8 +296,8 @@ def _train_sft(cfg: SFTConfig) -> Path:
         cache_root = None if writable_dir(cfg.data) else out_dir
         if cache_root is not None:
             print(f"note: {cfg.data} is not writable; caching latent targets under {out_dir}")
-        cache = compute_dataset_latent_targets(
-            cfg.data, teacher, progress=cfg.progress, cache_root=cache_root
+        cache = ctx.main_first(  # rank 0 fills the cache, the others read it
+            compute_dataset_latent_targets, cfg.data, teacher, progress=cfg.progress, cache_root=cache_root
         )
         targets = [cache.targets(i) for i in range(len(dataset))]
         width = int(targets[0].shape[-1])
@@ -289,6 +308,7 @@ def _train_sft(cfg: SFTConfig) -> Path:
         policy = LastR1Policy.from_pretrained(latest / "policy", backbone_run=run)
     else:
         policy = LastR1Policy(pcfg, stats, backbone_run=run)
+    policy = ctx.prepare(policy)  # ddp: rank 0's weights on every rank; fsdp2: the backbone sharded
     data = build_sft_data(dataset, policy, targets)
     # frozen weights (LoRA's base, backbone_run.freeze_vision) stay out of the optimizer
     trainable = [p for p in policy.parameters() if p.requires_grad]
@@ -296,7 +316,7 @@ def _train_sft(cfg: SFTConfig) -> Path:
     step = 0
     gen = torch.Generator().manual_seed(cfg.seed)
     if latest is not None:
-        opt.load_state_dict(load_state(latest / "optimizer.pt"))
+        ctx.load_optimizer(policy, opt, load_state(latest / "optimizer.pt"))
         for group in opt.param_groups:  # this config's decay (the lr is set every step)
             group["weight_decay"] = cfg.weight_decay
         try:
@@ -308,22 +328,26 @@ def _train_sft(cfg: SFTConfig) -> Path:
             ) from None
         gen.set_state(load_state(latest / "rng.pt"))
         print(f"resuming SFT in {out_dir} from step {step}")
-    write_record(out_dir, cfg, changes, step)  # every setting checked: the run has started
-    logger = MetricsLogger(out_dir, resume_step=step if latest else None)
+    if ctx.is_main:
+        write_record(out_dir, cfg, changes, step)  # every setting checked: the run has started
+    logger = MetricsLogger(out_dir, resume_step=step if latest else None) if ctx.is_main else NullLogger()
     n = data.tokens.shape[0]
     policy.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="sft", disable=not cfg.progress)
+    bar = tqdm(total=cfg.steps, initial=step, desc="sft", disable=not cfg.progress or not ctx.is_main)
     t0 = time.perf_counter()
     try:
         while step < cfg.steps:
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, cfg)
             idx = torch.randint(n, (min(cfg.batch_size, n),), generator=gen)
-            loss, metrics = sft_loss(policy, data, idx, cfg, gen)
-            if not torch.isfinite(loss):
+            idx, shard_gen = ctx.shard_batch(idx, gen)  # this rank's share of the batch
+            loss, metrics = sft_loss(policy, data, idx, cfg, shard_gen)
+            weight, finite = ctx.batch_weight(len(idx), bool(torch.isfinite(loss)))  # finite on every rank
+            if not finite:
                 raise FloatingPointError(f"non-finite SFT loss at step {step + 1}; {_kept(mgr)}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()
+            ctx.average_grads(trainable)
             metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
             opt.step()
             step += 1
@@ -331,6 +355,7 @@ def _train_sft(cfg: SFTConfig) -> Path:
             if step % 10 == 0 or step == cfg.steps:
                 metrics["steps_per_s"] = 10 / max(time.perf_counter() - t0, 1e-9)
                 t0 = time.perf_counter()
+                metrics = ctx.mean_metrics(metrics)  # rank 0: over every rank's shard
                 logger.log(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['action_acc']:.2f}")
             bar.update(1)
@@ -338,13 +363,18 @@ def _train_sft(cfg: SFTConfig) -> Path:
                 # a finite loss can still give non-finite weights: never keep them as "good"
                 if not all_finite(policy):
                     raise FloatingPointError(f"non-finite weights after SFT step {step}; {_kept(mgr)}")
-                _save(mgr, policy, opt, gen, step)
+                with ctx.for_saving(policy, opt) as (full, full_opt):
+                    if ctx.is_main:
+                        _save(mgr, full, full_opt, gen, step)
     finally:
         bar.close()
         logger.close()
     policy.eval()
     final = out_dir / "final"
-    policy.save_pretrained(final)
+    with ctx.for_saving(policy) as (full, _):
+        if ctx.is_main:
+            full.save_pretrained(final)
+    ctx.barrier()  # every rank returns once final/ is written
     return final
 
 
