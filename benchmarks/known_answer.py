@@ -14,11 +14,16 @@ Success is measured on the task's ``eval`` starts (greedy and sampled, ``--episo
 recovered share per RL seed is ``(after - weak) / (full - weak)``. Prints one table and PASS or FAIL
 against the target for the mean share of each decode; every number goes to ``<out>/results.json``
 (``results-<label>.json`` with ``--label``, which compares RL settings from the same SFT policies).
+
+A policy weakened by fewer SFT steps may be weak only in its greedy *stop* (it picks a reasoning length
+its actions fail at, while another length succeeds): ``--by-length`` prints every policy's greedy
+success at each fixed length, so a recovered gap can be read as the stop's or the actions'.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -50,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1", help="RL seeds (both SFT policies use seed 0)")
     p.add_argument("--episodes", type=int, default=20, help="eval episodes per evaluation")
     p.add_argument("--jobs", type=int, default=1)
+    p.add_argument(
+        "--by-length",
+        action="store_true",
+        help="also decode the SFT policies and RL results greedily at every fixed reasoning length, to show "
+        "whether a gap lies in the stop (the length chosen) or in the actions (success at every length)",
+    )
     p.add_argument("--out", default="runs/known_answer")
     p.add_argument(
         "--label",
@@ -125,6 +136,23 @@ def _evaluate(a: argparse.Namespace, checkpoint: Path, cfg: RLConfig) -> dict[st
     return {mode: json.loads(path.read_text())["success_rate"] for mode, path in paths.items()}
 
 
+def _by_length(a: argparse.Namespace, checkpoint: Path, cfg: RLConfig) -> dict[int, float]:
+    """Greedy success of ``checkpoint`` at each fixed reasoning length (``decode.force_latent_len``),
+    cached beside it: the control that tells a stop gap (one length succeeds) from an action gap."""
+    policy = load_policy(checkpoint, cfg)
+    lay = policy.layout
+    lengths = list(range(lay.latent_group, lay.k_max + 1, lay.latent_group))
+    out: dict[int, float] = {}
+    with make_env(cfg.env) as env:
+        for n in lengths:
+            path = checkpoint.parent / f"known_answer_greedy_len{n}.json"
+            if not path.is_file():
+                dec = dataclasses.replace(cfg.decode, force_latent_len=n)
+                save_eval(evaluate(policy, env, a.episodes, mode="greedy", progress=False, decode=dec), path)
+            out[n] = json.loads(path.read_text())["success_rate"]
+    return out
+
+
 def _rl(a: argparse.Namespace, seed: int) -> dict[str, float]:
     cfg = rl_config(a, seed)
     train_rl(cfg)  # a finished run resumes and returns at once
@@ -187,6 +215,15 @@ def main() -> None:
             "verdict": verdict,
         }
     name = f"results-{a.label}.json" if a.label else "results.json"
+    if a.by_length:
+        runs = {"full SFT": full, "weak SFT": weak}
+        runs |= {f"after RL seed {k}": Path(rl_config(a, k).out) / "final" for k in seeds}
+        print("\ngreedy success at a fixed reasoning length (the stop's choice removed):")
+        summary["by_length"] = {}
+        for label, ckpt in runs.items():
+            row = _by_length(a, ckpt, base)
+            summary["by_length"][label] = row
+            print(f"{label:16s} " + "  ".join(f"len {n}: {v:5.1%}" for n, v in row.items()))
     (out / name).write_text(json.dumps(summary, indent=2))
 
 
