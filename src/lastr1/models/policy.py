@@ -228,6 +228,25 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def action_codec(cfg: PolicyConfig, stats: dict[str, Any] | None) -> tuple[dict[str, Any], ActionTokenizer]:
+    """The dataset statistics a policy saves (identity when none) and the action tokenizer built from
+    them; refuses statistics whose action width differs from ``cfg.action_dim``."""
+    saved = _jsonable(stats) if stats is not None else identity_action_stats(cfg.action_dim)
+    tokenizer = ActionTokenizer(
+        saved,
+        num_bins=cfg.num_bins,
+        chunk=cfg.chunk,
+        normalize_mask=cfg.normalize_mask or None,
+        binarize_gripper=cfg.binarize_gripper,
+    )
+    if tokenizer.action_dim != cfg.action_dim:
+        raise ValueError(
+            f"dataset statistics have {tokenizer.action_dim} action dims but PolicyConfig.action_dim="
+            f"{cfg.action_dim}; pass matching statistics"
+        )
+    return saved, tokenizer
+
+
 def _mlp(sizes: list[int], activation: type[nn.Module] = nn.GELU) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
@@ -261,19 +280,7 @@ class LastR1Policy(nn.Module):
         self.backbone_run.check_for(cfg.backbone)
         self.decode = decode or DecodeConfig()  # the default for act(); saved as decode.json
         self.decode.check_for(cfg.k_max, cfg.latent_group)
-        self.stats = _jsonable(stats) if stats is not None else identity_action_stats(cfg.action_dim)
-        self.tokenizer = ActionTokenizer(
-            self.stats,
-            num_bins=cfg.num_bins,
-            chunk=cfg.chunk,
-            normalize_mask=cfg.normalize_mask or None,
-            binarize_gripper=cfg.binarize_gripper,
-        )
-        if self.tokenizer.action_dim != cfg.action_dim:
-            raise ValueError(
-                f"dataset statistics have {self.tokenizer.action_dim} action dims but PolicyConfig.action_dim="
-                f"{cfg.action_dim}; pass matching statistics"
-            )
+        self.stats, self.tokenizer = action_codec(cfg, stats)
         d = cfg.d_model
         self.obs_encoder: nn.Module | None = None
         self.layout_tokens: nn.Module | None = None  # the reference layout's token rows and readouts

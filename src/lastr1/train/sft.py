@@ -240,6 +240,19 @@ def sft_loss(
     return loss, metrics
 
 
+def _resume_step(latest: Path, gen: torch.Generator) -> int:
+    """The step a checkpoint was saved at, with the batch generator restored to its state then."""
+    try:
+        step = int(json.loads((latest / "trainer_state.json").read_text())["step"])
+    except (OSError, json.JSONDecodeError, KeyError):
+        raise ValueError(
+            f"{latest / 'trainer_state.json'} is unreadable; delete {latest} to resume from the "
+            "checkpoint before it, or pass overwrite=true to start over"
+        ) from None
+    gen.set_state(load_state(latest / "rng.pt"))
+    return step
+
+
 def _lr_at(step: int, cfg: SFTConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -319,14 +332,7 @@ def _train_sft(cfg: SFTConfig, ctx: DistContext = SINGLE) -> Path:
         ctx.load_optimizer(policy, opt, load_state(latest / "optimizer.pt"))
         for group in opt.param_groups:  # this config's decay (the lr is set every step)
             group["weight_decay"] = cfg.weight_decay
-        try:
-            step = json.loads((latest / "trainer_state.json").read_text())["step"]
-        except (OSError, json.JSONDecodeError, KeyError):
-            raise ValueError(
-                f"{latest / 'trainer_state.json'} is unreadable; delete {latest} to resume from the "
-                "checkpoint before it, or pass overwrite=true to start over"
-            ) from None
-        gen.set_state(load_state(latest / "rng.pt"))
+        step = _resume_step(latest, gen)
         print(f"resuming SFT in {out_dir} from step {step}")
     if ctx.is_main:
         write_record(out_dir, cfg, changes, step)  # every setting checked: the run has started

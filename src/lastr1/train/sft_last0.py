@@ -22,7 +22,6 @@ LaST-R1 warm-up's; ``train_sft`` dispatches here on ``policy.family``. Single pr
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,16 @@ from lastr1.train.checkpoint import CheckpointManager, all_finite, load_state
 from lastr1.train.metrics import MetricsLogger
 from lastr1.train.run_dir import writable_dir
 from lastr1.train.run_record import config_changes, resume_point, write_record
-from lastr1.train.sft import SFTConfig, _action_chunks, _kept, _lr_at, _policy_config, _save, _shift
+from lastr1.train.sft import (
+    SFTConfig,
+    _action_chunks,
+    _kept,
+    _lr_at,
+    _policy_config,
+    _resume_step,
+    _save,
+    _shift,
+)
 
 VISION_TEACHERS = ("dinov2", "hf")
 
@@ -197,14 +205,7 @@ def train_sft_last0(cfg: SFTConfig) -> Path:
         opt.load_state_dict(load_state(latest / "optimizer.pt"))
         for group in opt.param_groups:
             group["weight_decay"] = cfg.weight_decay
-        try:
-            step = json.loads((latest / "trainer_state.json").read_text())["step"]
-        except (OSError, json.JSONDecodeError, KeyError):
-            raise ValueError(
-                f"{latest / 'trainer_state.json'} is unreadable; delete {latest} to resume from the "
-                "checkpoint before it, or pass overwrite=true to start over"
-            ) from None
-        gen.set_state(load_state(latest / "rng.pt"))
+        step = _resume_step(latest, gen)
         print(f"resuming LaST0 SFT in {out_dir} from step {step}")
     write_record(out_dir, cfg, changes, step)
     logger = MetricsLogger(out_dir, resume_step=step if latest else None)

@@ -28,7 +28,6 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lastr1.models.action_tokenizer import ActionTokenizer, identity_action_stats
 from lastr1.models.backbones.tiny import HashWordTokenizer, KVCache, ProprioEncoder, TinyConfig
 from lastr1.models.decode import DECODE_FILE, DecodeConfig
 from lastr1.models.last0.encoders import TwoRateImageEncoder
@@ -41,7 +40,7 @@ from lastr1.models.policy import (
     WEIGHTS_FILE,
     LastR1Policy,
     PolicyConfig,
-    _jsonable,
+    action_codec,
 )
 from lastr1.models.policy_io import PolicyInputs, _TensorData
 
@@ -136,20 +135,8 @@ class Last0Policy(nn.Module):
             )
         l0 = cfg.last0
         self.decode = decode or DecodeConfig()  # unused by LaST0's decoding; the collector and server read it
-        self.stats = _jsonable(stats) if stats is not None else identity_action_stats(cfg.action_dim)
         # the LaST-R1 tokenizer's q01/q99 normalisation; its bins are unused (actions are continuous)
-        self.tokenizer = ActionTokenizer(
-            self.stats,
-            num_bins=cfg.num_bins,
-            chunk=cfg.chunk,
-            normalize_mask=cfg.normalize_mask or None,
-            binarize_gripper=cfg.binarize_gripper,
-        )
-        if self.tokenizer.action_dim != cfg.action_dim:
-            raise ValueError(
-                f"dataset statistics have {self.tokenizer.action_dim} action dims but PolicyConfig.action_dim="
-                f"{cfg.action_dim}; pass matching statistics"
-            )
+        self.stats, self.tokenizer = action_codec(cfg, stats)
         d, a = cfg.d_model, cfg.action_dim
         self.text_tokenizer = HashWordTokenizer(cfg.instruction_vocab, cfg.instruction_max_len)
         self.images = TwoRateImageEncoder(d, cfg.num_views, cfg.image_grid, l0.fast_image_grid)
