@@ -70,6 +70,23 @@ def test_sampled_eval_is_reproducible_and_differs_from_greedy(toy_sft_checkpoint
     assert (lists[0], lats[0]) != (lists[2], lats[2])  # another seed, other draws
 
 
+def test_eval_command_sample_mode_matches_evaluate_and_says_so(toy_sft_checkpoint, tmp_path):
+    """``lastr1 eval mode=sample``: the same seeded episodes as ``evaluate(mode="sample")``, labelled."""
+    res = _run_eval(toy_sft_checkpoint, tmp_path / "s", mode="sample", seed=5)
+    policy = LastR1Policy.from_pretrained(toy_sft_checkpoint).eval()
+    with make_env(EnvConfig(backend="toy", image_size=32, num_envs=4)) as env:
+        direct = evaluate(policy, env, 3, mode="sample", seed=5, progress=False)
+    for name, task in direct["per_task"].items():
+        assert res["per_task"][name]["success_list"] == task["success_list"]
+    assert res["mean_latent_len"] == direct["mean_latent_len"]
+    assert res["mode"] == "sample" and res["protocol"]["mode"] == "sample"
+    assert res["protocol"]["actions"].startswith("sampled (action temperature")
+    with pytest.raises(ValueError, match="mode='beam'"):
+        eval_command.Config(checkpoint=str(toy_sft_checkpoint), mode="beam")
+    with pytest.raises(ValueError, match="mode=sample needs a checkpoint policy"):
+        eval_command.Config(policy="expert", mode="sample")
+
+
 def test_eval_json_contents(toy_sft_checkpoint, tmp_path):
     res = _run_eval(toy_sft_checkpoint, tmp_path / "e")  # 6 episodes on 4 envs: the last round is padded
     assert res["checkpoint"] == str(toy_sft_checkpoint) and res["init_set"] == "eval"

@@ -57,6 +57,9 @@ class Config:
     init_set: str = "eval"
     out: str = ""  # default: <checkpoint>/eval (runs/eval-expert/<suite> for --policy expert)
     videos_per_task: int = 1
+    # "greedy": the deployment decode (the benchmark number); "sample": the rollout decode RL
+    # optimises (the checkpoint's temperatures), seeded by `seed` -- checkpoint policies only
+    mode: str = "greedy"
     seed: int = 0
     # how the checkpoint decodes (stop rule and scope, probes such as decode.force_latent_len);
     # null = the checkpoint's own decode.json (what its RL run used); any decode.* key gives a whole
@@ -78,6 +81,13 @@ class Config:
             )
         if self.init_set not in ("train", "eval"):
             raise ValueError(f"init_set={self.init_set!r} must be 'eval' (the benchmark states) or 'train'")
+        if self.mode not in ("greedy", "sample"):
+            raise ValueError(f"mode={self.mode!r} must be 'greedy' (the benchmark decode) or 'sample'")
+        if self.mode == "sample" and self.policy != "checkpoint":
+            raise ValueError(
+                f"mode=sample needs a checkpoint policy (policy={self.policy!r} decodes its own way); "
+                "leave mode out"
+            )
 
 
 def stack_versions() -> dict[str, str]:
@@ -96,11 +106,12 @@ def _protocol(cfg: Config, env: Any, policy: Any) -> dict[str, Any]:
         "backend": cfg.env.backend,
         "suite": resolve_suite(cfg.env),
         "policy": cfg.policy,
+        "mode": cfg.mode,
         "init_set": cfg.init_set,
         "trials_per_task": cfg.episodes_per_task,
         "max_steps": {t.name: t.max_steps for t in env.tasks},
         "image_size": cfg.env.image_size,
-        "actions": _decode_name(policy.decode) if cfg.policy != "expert" else "scripted expert",
+        "actions": _decode_name(policy.decode, cfg.mode) if cfg.policy != "expert" else "scripted expert",
         "decode": dataclasses.asdict(policy.decode) if cfg.policy != "expert" else None,
         "seed": cfg.seed,
         "pipeline": cfg.pipeline,
@@ -108,8 +119,9 @@ def _protocol(cfg: Config, env: Any, policy: Any) -> dict[str, Any]:
     }
     if getattr(policy, "family", "") == "last0":  # no stop rule: the flow integrated from zero noise
         l0 = policy.config.last0
+        start = "Gaussian noise" if cfg.mode == "sample" else "zero noise"
         proto["actions"] = (
-            f"greedy flow (from zero noise, {l0.euler_steps} Euler steps), reasoning every {l0.reason_every} chunks"
+            f"{cfg.mode} flow (from {start}, {l0.euler_steps} Euler steps), reasoning every {l0.reason_every} chunks"
         )
     if cfg.env.backend == "libero":
         from lastr1.envs.libero import SETTLE_STEPS
@@ -119,8 +131,13 @@ def _protocol(cfg: Config, env: Any, policy: Any) -> dict[str, Any]:
     return proto
 
 
-def _decode_name(pc: DecodeConfig) -> str:
-    """The greedy decode that ran."""
+def _decode_name(pc: DecodeConfig, mode: str = "greedy") -> str:
+    """The decode that ran."""
+    if mode == "sample":
+        return (
+            f"sampled (action temperature {pc.action_temperature}, stop temperature {pc.stop_temperature}, "
+            f"stop scope {pc.stop_scope})"
+        )
     forced = pc.force_latent_len
     stop = f"reasoning length fixed at {forced}" if forced else "deterministic stop rule"
     if pc.stop_scope == "episode" and not forced:
@@ -183,6 +200,8 @@ def run(cfg: Config) -> int:
             videos_dir=out / "videos" if cfg.videos_per_task else None,
             videos_per_task=cfg.videos_per_task,
             progress=cfg.progress,
+            mode=cfg.mode,
+            seed=cfg.seed,
             pipeline=cfg.pipeline,
         )
         result["protocol"] = _protocol(cfg, env, policy)
