@@ -53,6 +53,9 @@ def test_bad_suite_and_task_names_are_clear_errors() -> None:
     bogus = L.TaskSpec("libero_object", "pick_up_nothing", "pick up nothing", 10)
     with pytest.raises(ValueError, match="'pick_up_nothing' is not in LIBERO suite 'libero_object'"):
         L.make_single_env(bogus, EnvConfig(backend="libero", suite="libero_object"))
+    every = resolve_tasks(EnvConfig(backend="libero", suite="libero_object", tasks=["all"]))
+    assert every == L.suite_tasks("libero_object") and len(every) == 10
+    assert resolve_tasks(EnvConfig(backend="libero", suite="libero_object")) == every[:1]
     by_id = resolve_tasks(EnvConfig(backend="libero", suite="libero_goal", tasks=["3"], max_steps=50))
     assert by_id[0].name == "open_the_top_drawer_and_put_the_bowl_inside" and by_id[0].max_steps == 50
 

@@ -18,8 +18,9 @@ class EnvConfig:
     # LIBERO: libero_spatial | libero_object | libero_goal | libero_10; Meta-World: "metaworld"; toy: "toy".
     # Empty picks the backend's first suite.
     suite: str = ""
-    # Task names inside the suite (Meta-World: "pick-place-v3", ...; LIBERO: task names or ids).
-    # Empty means the backend's default set.
+    # Task names inside the suite (Meta-World: "pick-place-v3", ...; LIBERO: task names or ids);
+    # "all": every task of the suite. Empty means the backend's default set (LIBERO: the first task;
+    # `lastr1 eval` on LIBERO: the whole suite, the benchmark protocol).
     tasks: list[str] = field(default_factory=list)
     num_envs: int = 2
     image_size: int = 64

@@ -46,13 +46,19 @@ def resolve_suite(cfg: EnvConfig) -> str:
 
 
 def resolve_tasks(cfg: EnvConfig) -> list[TaskSpec]:
-    """The tasks named in ``cfg.tasks`` (names or integer ids), or the backend's default set."""
+    """The tasks named in ``cfg.tasks`` (names or integer ids), every task of the suite for ``["all"]``,
+    or the backend's default set when empty (LIBERO: the suite's first task only)."""
     module = _backend(cfg.backend)
     suite = resolve_suite(cfg)
     available = list_tasks(cfg.backend, suite)
     by_name = {t.name: t for t in available}
-    chosen: list[TaskSpec] = [] if cfg.tasks else list(module.default_tasks(suite))
-    for item in cfg.tasks:
+    if [str(t).strip() for t in cfg.tasks] == ["all"]:  # every task of the suite (LIBERO: the protocol's 10)
+        chosen: list[TaskSpec] = list(available)
+        items: list[str] = []
+    else:
+        chosen = [] if cfg.tasks else list(module.default_tasks(suite))
+        items = list(cfg.tasks)
+    for item in items:
         key = str(item).strip()
         if key in by_name:
             chosen.append(by_name[key])
