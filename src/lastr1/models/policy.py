@@ -135,12 +135,10 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         self._resolve_backbone()
+        if self.family == "last0" and self.backbone == "qwen3_vl":  # LaST0 has no reference token layout
+            object.__setattr__(self, "qwen3_vl_layout", "ours")
         checks = [
             (self.family in ("lastr1", "last0"), f"family={self.family!r} must be 'lastr1' or 'last0'"),
-            (
-                self.family != "last0" or self.backbone == "tiny",
-                "family=last0 runs on backbone=tiny only (the Qwen3-VL wrapping is planned in docs/last0.md)",
-            ),
             (self.k_max >= 0, f"k_max={self.k_max} must be >= 0"),
             (self.latent_group >= 1, f"latent_group={self.latent_group} must be >= 1"),
             (

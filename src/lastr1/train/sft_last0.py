@@ -16,7 +16,9 @@ Per sample (one decision step t of a demo):
   ``(1 − cos) + MSE`` (``cos_mse``), weight λ = ``latent_weight``.
 
 The loop (AdamW, warm-up + cosine, clipping, augmentation, checkpoints, resume, NaN stop) is the
-LaST-R1 warm-up's; ``train_sft`` dispatches here on ``policy.family``. Single process.
+LaST-R1 warm-up's; ``train_sft`` dispatches here on ``policy.family``. Single process. On
+``policy.backbone=qwen3_vl`` the run settings ``backbone_run.*`` apply as for LaST-R1; frozen weights
+(``freeze_vision``) stay out of the optimizer.
 """
 
 from __future__ import annotations
@@ -195,7 +197,11 @@ def train_sft_last0(cfg: SFTConfig) -> Path:
     targets = keyframe_targets(cfg, pcfg, out_dir)
     dims = tuple(int(t.shape[-1]) for t in targets)
     pcfg = dataclasses.replace(pcfg, last0=dataclasses.replace(pcfg.last0, target_dims=dims))
-    policy = Last0Policy.from_pretrained(latest / "policy") if latest else Last0Policy(pcfg, stats)
+    run = cfg.backbone_run  # a Qwen3-VL backbone's precision, checkpointing, frozen vision tower
+    if latest:
+        policy = Last0Policy.from_pretrained(latest / "policy", backbone_run=run)
+    else:
+        policy = Last0Policy(pcfg, stats, backbone_run=run)
     data = build_data(dataset, policy, targets)
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -314,6 +314,24 @@ class Qwen3VLBackbone(nn.Module):
         after = (table.amax(dim=(0, 2))[:, None] + 1 + index - lp)[None].expand_as(inside)
         return torch.where(index[None] < lp, inside, after)
 
+    def deepstack_inputs(
+        self, index: torch.Tensor, deepstack: list[torch.Tensor], visual_rank: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+        """Where DeepStack features go for layout indices ``index`` ``(B, L)``: the image-token mask
+        ``(B, L)`` and, per feature level, the rows to add in ``hidden[mask]`` order; None when the
+        call covers no image token. ``visual_rank``: a left-padded batch's ranks (:meth:`bind`)."""
+        ranks = self.visual_rank if visual_rank is None else visual_rank
+        lp = ranks.shape[-1]
+        inside = (
+            ranks[index.clamp(max=lp - 1)] if ranks.ndim == 1 else ranks.gather(1, index.clamp(max=lp - 1))
+        )
+        rank = torch.where(index < lp, inside, -1)
+        visual = rank >= 0
+        if not visual.any():
+            return None
+        rows, cols = visual.nonzero(as_tuple=True)  # batch-major, as hidden[visual] reads them
+        return visual, [f[rows, rank[rows, cols]] for f in deepstack]
+
     def bind(
         self,
         deepstack: list[torch.Tensor] | None,
@@ -373,19 +391,9 @@ class Qwen3VLBackbone(nn.Module):
         cache = _replay_safe_cache_class()(past)
         extra: dict[str, Any] = {}
         if deepstack and index is not None:
-            ranks = self.visual_rank if visual_rank is None else visual_rank
-            lp = ranks.shape[-1]
-            inside = (
-                ranks[index.clamp(max=lp - 1)]
-                if ranks.ndim == 1
-                else ranks.gather(1, index.clamp(max=lp - 1))
-            )
-            rank = torch.where(index < lp, inside, -1)
-            visual = rank >= 0
-            if visual.any():
-                rows, cols = visual.nonzero(as_tuple=True)  # batch-major, as hidden[visual] reads them
-                extra["visual_pos_masks"] = visual
-                extra["deepstack_visual_embeds"] = [f[rows, rank[rows, cols]] for f in deepstack]
+            found = self.deepstack_inputs(index, deepstack, visual_rank)
+            if found is not None:
+                extra["visual_pos_masks"], extra["deepstack_visual_embeds"] = found
         language = self.model.model.language_model
         # our cache object is always passed, so use_cache (which only asks for a new one) is moot; under
         # activation checkpointing transformers would switch it off with a warning, so we do it first

@@ -1,6 +1,8 @@
 """The LaST0 dual-system policy: a slow reasoning expert and a fast flow-matching acting expert.
 
-One Mixture-of-Transformers (:mod:`.mot`) runs both. The **reasoning expert** reads the observation
+One Mixture-of-Transformers runs both: the tiny from-scratch one (:mod:`.mot`) or, with
+``policy.backbone=qwen3_vl``, the loaded Qwen3-VL's decoder layers with an acting copy
+(:mod:`.qwen3_vl_mot`, built by :mod:`.qwen3_vl_parts`). The **reasoning expert** reads the observation
 prefix (images, instruction, proprio) and thinks ``K`` latents autoregressively -- each latent is the
 final hidden state at the previous position, fed back as the next input -- one per camera and one
 for the state at each of ``H`` future keyframes; SFT aligns them to teacher features of those frames.
@@ -28,12 +30,22 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lastr1.models.backbones.factory import (
+    BACKBONE_DIR,
+    EXTERNAL,
+    is_external_key,
+    own_state,
+    save_external,
+)
+from lastr1.models.backbones.run_settings import RUN_FILE, BackboneRunConfig
 from lastr1.models.backbones.tiny import HashWordTokenizer, KVCache, ProprioEncoder, TinyConfig
 from lastr1.models.decode import DECODE_FILE, DecodeConfig
 from lastr1.models.last0.encoders import TwoRateImageEncoder
 from lastr1.models.last0.flow import euler_sample, time_features
 from lastr1.models.last0.layout import Last0Layout, joint_mask
 from lastr1.models.last0.mot import MoTTransformer
+from lastr1.models.last0.qwen3_vl_mot import Qwen3VLMoT
+from lastr1.models.last0.qwen3_vl_parts import QwenLast0Inputs, build_parts
 from lastr1.models.policy import (
     CONFIG_FILE,
     STATS_FILE,
@@ -45,6 +57,8 @@ from lastr1.models.policy import (
 from lastr1.models.policy_io import PolicyInputs, _TensorData
 
 REASON = 0  # the reasoning expert's index in the MoT (the acting expert is the last one)
+# a MoT call: (embeds, segments, position ids, mask, past) -> (hidden, cache)
+Runner = Callable[..., tuple[torch.Tensor, KVCache]]
 
 
 @dataclass
@@ -110,8 +124,10 @@ class Last0SFTOutputs:
 
 
 class Last0Policy(nn.Module):
-    """LaST0 on the tiny from-scratch MoT (``PolicyConfig(family="last0")``; ``config.last0`` has its
-    own settings). ``stats`` is ``dataset_statistics.json`` (None: identity normalisation)."""
+    """LaST0 on the tiny from-scratch MoT or on Qwen3-VL (``PolicyConfig(family="last0")``;
+    ``config.last0`` has its own settings; the Qwen3-VL parts live in :mod:`.qwen3_vl_parts`).
+    ``stats`` is ``dataset_statistics.json`` (None: identity normalisation); ``backbone_run`` how a
+    Qwen3-VL backbone runs (precision, activation checkpointing, frozen vision tower)."""
 
     family = "last0"
 
@@ -120,6 +136,7 @@ class Last0Policy(nn.Module):
         config: PolicyConfig | None = None,
         stats: dict[str, Any] | None = None,
         decode: DecodeConfig | None = None,
+        backbone_run: BackboneRunConfig | None = None,
     ) -> None:
         super().__init__()
         cfg = self.config = config or PolicyConfig(family="last0")
@@ -128,29 +145,37 @@ class Last0Policy(nn.Module):
                 f"Last0Policy needs policy.family=last0, got {cfg.family!r}; build LaST-R1 policies with "
                 "LastR1Policy (lastr1.models.load_policy picks the class of a saved folder)"
             )
-        if cfg.backbone != "tiny":
-            raise ValueError(
-                f"policy.family=last0 runs on the tiny backbone only (got policy.backbone={cfg.backbone!r}); "
-                "set policy.backbone=tiny -- the Qwen3-VL wrapping is planned in docs/last0.md"
-            )
+        self.backbone_run = backbone_run or BackboneRunConfig()
+        self.backbone_run.check_for(cfg.backbone)
         l0 = cfg.last0
         self.decode = decode or DecodeConfig()  # unused by LaST0's decoding; the collector and server read it
         # the LaST-R1 tokenizer's q01/q99 normalisation; its bins are unused (actions are continuous)
         self.stats, self.tokenizer = action_codec(cfg, stats)
         d, a = cfg.d_model, cfg.action_dim
-        self.text_tokenizer = HashWordTokenizer(cfg.instruction_vocab, cfg.instruction_max_len)
-        self.images = TwoRateImageEncoder(d, cfg.num_views, cfg.image_grid, l0.fast_image_grid)
-        self.text_embed = nn.Embedding(cfg.instruction_vocab, d)
-        nn.init.normal_(self.text_embed.weight, std=0.02)
-        # the reasoning prefix's proprio token and the acting expert's state token
-        self.proprio_encoder = (
-            ProprioEncoder(cfg.proprio_dim, d) if cfg.use_proprio and l0.reasoning else None
-        )
-        self.state_encoder = ProprioEncoder(cfg.proprio_dim, d) if cfg.use_proprio else None
-        n_slow, n_fast = self.images.num_tokens(cfg.num_views)
         n_text, n_state = cfg.instruction_max_len, int(cfg.use_proprio)
+        self.qwen_inputs: QwenLast0Inputs | None = None
+        if cfg.backbone == "tiny":  # (this construction order keeps seeded tiny policies unchanged)
+            self.text_tokenizer = HashWordTokenizer(cfg.instruction_vocab, cfg.instruction_max_len)
+            self.images = TwoRateImageEncoder(d, cfg.num_views, cfg.image_grid, l0.fast_image_grid)
+            self.text_embed = nn.Embedding(cfg.instruction_vocab, d)
+            nn.init.normal_(self.text_embed.weight, std=0.02)
+            # the reasoning prefix's proprio token (Qwen3-VL's encoder has its own)
+            self.proprio_encoder = (
+                ProprioEncoder(cfg.proprio_dim, d) if cfg.use_proprio and l0.reasoning else None
+            )
+            n_slow, n_fast = self.images.num_tokens(cfg.num_views)
+            n_obs = n_slow + n_text + n_state if l0.reasoning else 0
+        else:
+            # the HF model is the backbone's (saved in backbone/); the MoT holds the acting copy
+            self.backbone, self.obs_encoder, mot = build_parts(cfg, self.backbone_run)
+            self.qwen_inputs = QwenLast0Inputs(self.obs_encoder, l0.fast_image_grid)
+            self.text_tokenizer = self.obs_encoder.tokenize
+            self.images, self.text_embed, self.proprio_encoder = None, None, None
+            n_obs, n_fast = self.obs_encoder.num_tokens, cfg.num_views * l0.fast_image_grid**2
+        # the acting expert's state token
+        self.state_encoder = ProprioEncoder(cfg.proprio_dim, d) if cfg.use_proprio else None
         self.layout = Last0Layout(
-            n_obs=n_slow + n_text + n_state if l0.reasoning else 0,
+            n_obs=n_obs,
             n_latents=l0.num_latents(cfg.num_views),
             n_context=n_fast + (0 if l0.reasoning else n_text) + n_state,
             chunk=cfg.chunk,
@@ -172,10 +197,13 @@ class Last0Policy(nn.Module):
         nn.init.zeros_(self.action_out[-1].bias)
         self.n_experts = 2 if l0.reasoning else 1
         self.act_expert = self.n_experts - 1
-        tiny = TinyConfig(d, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio, self.layout.total, cfg.dropout)
-        self.transformer = MoTTransformer(tiny, self.n_experts)
-        if l0.init_acting_from_reasoning and l0.reasoning:
-            self.transformer.copy_expert(REASON, self.act_expert)
+        if cfg.backbone == "tiny":
+            tiny = TinyConfig(d, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio, self.layout.total, cfg.dropout)
+            self.transformer: MoTTransformer | Qwen3VLMoT = MoTTransformer(tiny, self.n_experts)
+            if l0.init_acting_from_reasoning and l0.reasoning:
+                self.transformer.copy_expert(REASON, self.act_expert)
+        else:  # the acting expert starts as a copy of the pretrained reasoning expert, always
+            self.transformer = mot
         mean, std = LastR1Policy._proprio_stats(self)  # type: ignore[arg-type]  # same statistics, same checks
         self.register_buffer("proprio_mean", mean)
         self.register_buffer("proprio_std", std)
@@ -195,8 +223,28 @@ class Last0Policy(nn.Module):
     def _proprio(self, inputs: PolicyInputs) -> torch.Tensor:
         return (inputs.proprio - self.proprio_mean) / self.proprio_std
 
-    def _reason_prefix(self, inputs: PolicyInputs, slow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reasoning-prefix embeddings ``(B, n_prefix, D)`` and key validity."""
+    def _encode(
+        self, inputs: PolicyInputs, slow: bool = True, fast: bool = True
+    ) -> tuple[Any | None, torch.Tensor | None]:
+        """``(slow, fast)``: what the reasoning prefix is built from (tiny: image tokens; Qwen3-VL: the
+        encoded prefix) and the acting expert's fast image tokens; None where not asked for or absent."""
+        if self.qwen_inputs is not None:
+            proprio = self._proprio(inputs) if self.config.use_proprio else None
+            return self.qwen_inputs(inputs, proprio, slow=slow, fast=fast)
+        if not slow and self.images.fast is None:  # nothing to compute: skip the convs
+            return None, None
+        return self.images(inputs.images, slow=slow, fast=fast)
+
+    def _reason_prefix(self, inputs: PolicyInputs, slow: Any) -> tuple[torch.Tensor, torch.Tensor, Runner]:
+        """Reasoning-prefix embeddings ``(B, n_prefix, D)``, key validity, and the MoT call to run the
+        prefix with (Qwen3-VL's carries the batch's DeepStack features)."""
+        if self.qwen_inputs is not None:
+            embeds, valid, deepstack = slow
+            ones = valid[:, :1]
+            if self.latent_start is not None:
+                embeds = torch.cat([embeds, self.latent_start.expand(len(inputs), 1, -1)], dim=1)
+                valid = torch.cat([valid, ones], dim=1)
+            return embeds, valid, self.transformer.bind(deepstack)  # type: ignore[union-attr]
         b = len(inputs)
         ones = torch.ones(b, 1, dtype=torch.bool, device=slow.device)
         parts = [slow, self.text_embed(inputs.instruction_ids)]
@@ -207,7 +255,7 @@ class Last0Policy(nn.Module):
         if self.latent_start is not None:
             parts.append(self.latent_start.expand(b, 1, -1))
             valid.append(ones)
-        return torch.cat(parts, dim=1), torch.cat(valid, dim=1)
+        return torch.cat(parts, dim=1), torch.cat(valid, dim=1), self.transformer
 
     def _act_context(
         self, inputs: PolicyInputs, fast: torch.Tensor | None
@@ -244,9 +292,9 @@ class Last0Policy(nn.Module):
                 torch.zeros(b, 0, dtype=torch.bool, device=dev),
                 torch.zeros(b, 0, self.config.d_model, device=dev),
             )
-        embeds, valid = self._reason_prefix(inputs, slow)
+        embeds, valid, runner = self._reason_prefix(inputs, slow)
         pos = torch.arange(lay.n_prefix, device=dev)
-        hidden, kv = self.transformer(embeds, ((REASON, lay.n_prefix),), pos, joint_mask(lay, pos, valid))
+        hidden, kv = runner(embeds, ((REASON, lay.n_prefix),), pos, joint_mask(lay, pos, valid))
         z = hidden[:, -1]
         latents: list[torch.Tensor] = []
         one = torch.ones(b, 1, dtype=torch.bool, device=dev)
@@ -322,15 +370,15 @@ class Last0Policy(nn.Module):
             or ids[i] not in self._kept
             or self._kept[ids[i]].age >= self.config.last0.reason_every
         ]
-        if reasoning and len(need) == b:  # the convs run once for both readouts
-            slow, fast = self.images(inputs.images)
+        if reasoning and len(need) == b:  # the image encoder runs once for both readouts
+            slow, fast = self._encode(inputs)
             fresh = self._reason(inputs, slow)
         else:
-            fast = self.images(inputs.images, slow=False)[1] if self.images.fast is not None else None
+            fast = self._encode(inputs, slow=False)[1]
             fresh = None
             if reasoning and need:
                 sub = inputs.index(need)
-                fresh = self._reason(sub, self.images(sub.images, fast=False)[0])
+                fresh = self._reason(sub, self._encode(sub, fast=False)[0])
             elif not reasoning:
                 fresh = self._reason(inputs, None)
         reasoned = torch.zeros(b, dtype=torch.bool)
@@ -400,9 +448,9 @@ class Last0Policy(nn.Module):
         """Differentiable warm-up outputs: the reasoning expert thinks on ``reason_inputs`` (an
         observation up to κ−1 chunks older in SFT), the acting expert predicts the velocity at
         ``(x_t, t)`` ``(B, C, A)``, ``(B,)`` on ``act_inputs`` -- the path ``act`` takes, with gradients."""
-        slow = self.images(reason_inputs.images, fast=False)[0] if self.config.last0.reasoning else None
+        slow = self._encode(reason_inputs, fast=False)[0] if self.config.last0.reasoning else None
         state = self._reason(reason_inputs, slow)
-        fast = self.images(act_inputs.images, slow=False)[1] if self.images.fast is not None else None
+        fast = self._encode(act_inputs, slow=False)[1]
         context, context_valid = self._act_context(act_inputs, fast)
         velocity = self._velocity_fn(context, context_valid, state)(x_t, t)
         return Last0SFTOutputs(velocity, state.latents, self._latent_pred(state.latents))
@@ -421,13 +469,14 @@ class Last0Policy(nn.Module):
         lay, reasoning = self.layout, self.config.last0.reasoning
         parts: list[torch.Tensor] = []
         valid: list[torch.Tensor] = []
+        runner: Runner = self.transformer
         if reasoning:
-            embeds, prefix_valid = self._reason_prefix(
-                reason_inputs, self.images(reason_inputs.images, fast=False)[0]
+            embeds, prefix_valid, runner = self._reason_prefix(
+                reason_inputs, self._encode(reason_inputs, fast=False)[0]
             )
             parts += [embeds, latents]
             valid += [prefix_valid, torch.ones(latents.shape[:2], dtype=torch.bool, device=latents.device)]
-        fast = self.images(act_inputs.images, slow=False)[1] if self.images.fast is not None else None
+        fast = self._encode(act_inputs, slow=False)[1]
         context, context_valid = self._act_context(act_inputs, fast)
         parts += [context, self._acting_inputs(x_t, t)]
         valid += [
@@ -437,22 +486,27 @@ class Last0Policy(nn.Module):
         key_valid = torch.cat(valid, dim=1)
         pos = torch.arange(lay.total, device=self.device)
         segments = ((REASON, lay.n_reason), (self.act_expert, lay.n_act)) if reasoning else ((0, lay.n_act),)
-        hidden, _ = self.transformer(torch.cat(parts, dim=1), segments, pos, joint_mask(lay, pos, key_valid))
+        hidden, _ = runner(torch.cat(parts, dim=1), segments, pos, joint_mask(lay, pos, key_valid))
         return hidden
 
     # ------------------------------------------------------------------ persistence
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``model.safetensors``, ``config.json`` (with ``family: last0``), ``decode.json`` and
-        ``dataset_statistics.json``: the LaST-R1 folder layout."""
+        ``dataset_statistics.json``: the LaST-R1 folder layout. On Qwen3-VL the reasoning expert (the
+        HF model) goes to ``backbone/`` in the HF layout, as LaST-R1 saves it, and the acting copy with
+        the rest to ``model.safetensors``; non-default run settings to ``backbone_run.json``."""
         from safetensors.torch import save_file
 
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in own_state(self).items()}
         save_file(state, str(path / WEIGHTS_FILE))
+        save_external(self, path)
         (path / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
         (path / DECODE_FILE).write_text(json.dumps(dataclasses.asdict(self.decode), indent=2))
+        if not self.backbone_run.is_default:  # absent = the defaults (every tiny policy)
+            (path / RUN_FILE).write_text(json.dumps(dataclasses.asdict(self.backbone_run), indent=2))
         (path / STATS_FILE).write_text(json.dumps(self.stats, indent=2))
         return path
 
@@ -463,9 +517,11 @@ class Last0Policy(nn.Module):
         device: str | torch.device = "cpu",
         decode: DecodeConfig | None = None,
         reason_every: int | None = None,
+        backbone_run: BackboneRunConfig | None = None,
     ) -> Last0Policy:
         """Rebuild a policy saved by :meth:`save_pretrained` (``decode`` replaces ``decode.json``;
-        ``reason_every`` the saved κ, e.g. to evaluate one checkpoint at several κ)."""
+        ``reason_every`` the saved κ, e.g. to evaluate one checkpoint at several κ; ``backbone_run``
+        the saved run settings, ``backbone_run.json``)."""
         from safetensors.torch import load_file
 
         from lastr1.config import from_dict
@@ -478,7 +534,10 @@ class Last0Policy(nn.Module):
                 "written by save_pretrained"
             )
         try:
-            config = from_dict(PolicyConfig, json.loads((path / CONFIG_FILE).read_text()), prefix="policy")
+            arch = json.loads((path / CONFIG_FILE).read_text())
+            if isinstance(arch, dict) and arch.get("backbone") in EXTERNAL:  # saved beside the heads
+                arch["pretrained"] = str(path / BACKBONE_DIR)
+            config = from_dict(PolicyConfig, arch, prefix="policy")
             if reason_every is not None:
                 config = dataclasses.replace(
                     config, last0=dataclasses.replace(config.last0, reason_every=reason_every)
@@ -487,15 +546,26 @@ class Last0Policy(nn.Module):
             if (path / DECODE_FILE).is_file():
                 saved = from_dict(DecodeConfig, json.loads((path / DECODE_FILE).read_text()), prefix="decode")
             stats = json.loads((path / STATS_FILE).read_text())
+            if backbone_run is None and (path / RUN_FILE).is_file():
+                backbone_run = from_dict(
+                    BackboneRunConfig, json.loads((path / RUN_FILE).read_text()), prefix="backbone_run"
+                )
         except (json.JSONDecodeError, ValueError) as exc:
             raise ValueError(f"cannot read policy folder {str(path)!r}: {exc}") from None
-        policy = cls(config, stats, decode or saved)
+        policy = cls(config, stats, decode or saved, backbone_run)
         try:
             weights = load_file(str(path / WEIGHTS_FILE))
         except Exception as exc:  # safetensors' own error type: a truncated or damaged file
             raise ValueError(f"{path / WEIGHTS_FILE} is damaged ({exc}); use another checkpoint") from None
+        external = config.backbone in EXTERNAL  # its weights came from backbone/
         try:
-            policy.load_state_dict(weights, strict=True)
+            result = policy.load_state_dict(weights, strict=not external)
         except RuntimeError as exc:
             raise ValueError(f"{path / WEIGHTS_FILE} does not match config.json: {str(exc)[:300]}") from None
+        missing = [k for k in result.missing_keys if not is_external_key(k)]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"{path / WEIGHTS_FILE} does not match config.json: missing {missing[:5]}, "
+                f"unexpected {result.unexpected_keys[:5]}"
+            )
         return policy.to(device)
