@@ -27,6 +27,23 @@ from lastr1.models.backbones.tiny import MLP, KVCache, TinyConfig, make_norm
 Segments = tuple[tuple[int, int], ...]  # (expert index, number of tokens), in sequence order
 
 
+def check_mot_inputs(
+    embeds: torch.Tensor, segments: Segments, attn_mask: torch.Tensor, past: KVCache | None, n_experts: int
+) -> None:
+    """The routing and mask a MoT call needs: ``segments`` cover the ``L`` tokens with known experts,
+    the mask is ``(B, L, L_past + L)`` (shared by the tiny and the Qwen3-VL MoT)."""
+    b, n, _ = embeds.shape
+    past_len = past[0][0].shape[2] if past else 0
+    if sum(m for _, m in segments) != n or any(not 0 <= e < n_experts for e, _ in segments):
+        raise ValueError(
+            f"segments {segments} must cover the {n} input tokens with experts in [0, {n_experts})"
+        )
+    if attn_mask.shape != (b, n, past_len + n):
+        raise ValueError(
+            f"attn_mask must have shape (B, L, L_past + L) = {(b, n, past_len + n)}, got {tuple(attn_mask.shape)}"
+        )
+
+
 class ExpertBlock(nn.Module):
     """One expert's weights in one layer (the tiny LaST-R1 block's shapes)."""
 
@@ -128,17 +145,7 @@ class MoTTransformer(nn.Module):
         attn_mask: torch.Tensor,
         past: KVCache | None = None,
     ) -> tuple[torch.Tensor, KVCache]:
-        b, n, _ = embeds.shape
-        past_len = past[0][0].shape[2] if past else 0
-        if sum(m for _, m in segments) != n or any(not 0 <= e < self.n_experts for e, _ in segments):
-            raise ValueError(
-                f"segments {segments} must cover the {n} input tokens with experts in [0, {self.n_experts})"
-            )
-        if attn_mask.shape != (b, n, past_len + n):
-            raise ValueError(
-                f"attn_mask must have shape (B, L, L_past + L) = {(b, n, past_len + n)}, got "
-                f"{tuple(attn_mask.shape)}"
-            )
+        check_mot_inputs(embeds, segments, attn_mask, past, self.n_experts)
         x = self.drop(embeds + self.pos(position_ids))
         cache: KVCache = []
         for i, layer in enumerate(self.layers):

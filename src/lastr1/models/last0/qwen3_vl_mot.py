@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lastr1.models.backbones.run_settings import compute_scope
 from lastr1.models.backbones.tiny import KVCache
-from lastr1.models.last0.mot import Segments
+from lastr1.models.last0.mot import Segments, check_mot_inputs
 
 if TYPE_CHECKING:
     from lastr1.models.backbones.qwen3_vl import Qwen3VLBackbone
@@ -163,17 +163,8 @@ class Qwen3VLMoT(nn.Module):
     ) -> tuple[torch.Tensor, KVCache]:
         """``(hidden (B, L, D) float32, each token through its expert's final norm; the cache of the
         ``L_past + L`` tokens)``. ``deepstack``: the batch's ``[(B, n_image_tokens, D)]`` (prefix calls)."""
+        check_mot_inputs(embeds, segments, attn_mask, past, self.n_experts)
         b, n, _ = embeds.shape
-        past_len = past[0][0].shape[2] if past else 0
-        if sum(m for _, m in segments) != n or any(not 0 <= e < self.n_experts for e, _ in segments):
-            raise ValueError(
-                f"segments {segments} must cover the {n} input tokens with experts in [0, {self.n_experts})"
-            )
-        if attn_mask.shape != (b, n, past_len + n):
-            raise ValueError(
-                f"attn_mask must have shape (B, L, L_past + L) = {(b, n, past_len + n)}, got "
-                f"{tuple(attn_mask.shape)}"
-            )
         index = None
         if position_ids.ndim == 3:
             if position_ids.shape != (3, b, n):
