@@ -118,12 +118,12 @@ def fill_target_caches(configs: list[SFTConfig]) -> None:
     """Each distinct teacher's features once, before the workers (they would race on the cache)."""
     from lastr1.data.episodes import load_dataset
     from lastr1.data.latent_targets import compute_dataset_latent_targets
-    from lastr1.train.sft import _policy_config
+    from lastr1.train.sft import policy_config_for
     from lastr1.train.sft_last0 import keyframe_teachers
 
     teachers = {}
     for cfg in configs:
-        pcfg = _policy_config(cfg, load_dataset(cfg.data))
+        pcfg = policy_config_for(cfg, load_dataset(cfg.data))
         if pcfg.family == "last0":
             found = keyframe_teachers(cfg, pcfg)
         elif pcfg.k_max and cfg.latent_weight > 0:

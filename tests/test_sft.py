@@ -10,7 +10,7 @@ import torch
 from conftest import TINY_POLICY, tiny_sft_config
 from lastr1.models.policy import LastR1Policy, PolicyConfig
 from lastr1.train.metrics import read_metrics
-from lastr1.train.sft import _action_chunks, train_sft
+from lastr1.train.sft import action_chunks, train_sft
 
 _cfg = tiny_sft_config
 
@@ -19,7 +19,7 @@ def test_action_chunks_pad_with_last_action():
     import numpy as np
 
     a = np.arange(3 * 7, dtype=np.float32).reshape(3, 7)
-    c = _action_chunks(a, 4)
+    c = action_chunks(a, 4)
     assert c.shape == (3, 4, 7)
     np.testing.assert_array_equal(c[1, :2], a[1:3])
     np.testing.assert_array_equal(c[2, 3], a[2])
@@ -52,17 +52,17 @@ def test_sft_resume_after_kill_matches_uninterrupted(toy_demos, tmp_path, monkey
     import lastr1.train.sft as sft
 
     train_sft(_cfg(toy_demos, tmp_path / "full", steps=20))
-    real_save = sft._save
+    real_save = sft.save_state
 
     def save_then_die(mgr, policy, opt, gen, step):
         real_save(mgr, policy, opt, gen, step)
         (mgr.root / "step-00000020.tmp").mkdir()  # a torn write of the next checkpoint
         raise _Killed
 
-    monkeypatch.setattr(sft, "_save", save_then_die)
+    monkeypatch.setattr(sft, "save_state", save_then_die)
     with pytest.raises(_Killed):
         train_sft(_cfg(toy_demos, tmp_path / "killed", steps=20))
-    monkeypatch.setattr(sft, "_save", real_save)
+    monkeypatch.setattr(sft, "save_state", real_save)
     train_sft(_cfg(toy_demos, tmp_path / "killed", steps=20))
     full = read_metrics(tmp_path / "full" / "metrics.jsonl")
     resumed = read_metrics(tmp_path / "killed" / "metrics.jsonl")

@@ -129,7 +129,7 @@ class SFTData:
     task_names: list[str]
 
 
-def _action_chunks(actions: np.ndarray, chunk: int) -> np.ndarray:
+def action_chunks(actions: np.ndarray, chunk: int) -> np.ndarray:
     """``(T, 7)`` → ``(T, chunk, 7)``: a[t:t+chunk], padded with the episode's last action."""
     t = actions.shape[0]
     idx = np.minimum(np.arange(t)[:, None] + np.arange(chunk)[None, :], t - 1)
@@ -138,7 +138,7 @@ def _action_chunks(actions: np.ndarray, chunk: int) -> np.ndarray:
 
 def build_sft_data(dataset: Dataset, policy: LastR1Policy, targets: list[np.ndarray] | None) -> SFTData:
     names = sorted({ep.task for ep in dataset})
-    chunks = [_action_chunks(ep.actions, policy.config.chunk) for ep in dataset]
+    chunks = [action_chunks(ep.actions, policy.config.chunk) for ep in dataset]
     tokens = policy.tokenizer.encode(torch.from_numpy(np.concatenate(chunks)).float())
     return SFTData(
         images=torch.from_numpy(np.concatenate([ep.images for ep in dataset])),
@@ -151,7 +151,7 @@ def build_sft_data(dataset: Dataset, policy: LastR1Policy, targets: list[np.ndar
     )
 
 
-def _shift(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+def shift_images(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
     """Random translation by up to ``pad`` pixels (replicate padding), per sample: DrQ-style."""
     if pad <= 0:
         return images
@@ -205,7 +205,7 @@ def sft_loss(
     policy: LastR1Policy, data: SFTData, idx: torch.Tensor, cfg: SFTConfig, gen: torch.Generator
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The warm-up loss on the samples ``idx`` (see module docstring)."""
-    images = _shift(data.images[idx], cfg.augment_shift, gen)
+    images = shift_images(data.images[idx], cfg.augment_shift, gen)
     obs = Observation(
         images=images.numpy(),
         proprio=data.proprio[idx].numpy(),
@@ -240,7 +240,7 @@ def sft_loss(
     return loss, metrics
 
 
-def _resume_step(latest: Path, gen: torch.Generator) -> int:
+def resume_step(latest: Path, gen: torch.Generator) -> int:
     """The step a checkpoint was saved at, with the batch generator restored to its state then."""
     try:
         step = int(json.loads((latest / "trainer_state.json").read_text())["step"])
@@ -253,7 +253,7 @@ def _resume_step(latest: Path, gen: torch.Generator) -> int:
     return step
 
 
-def _lr_at(step: int, cfg: SFTConfig) -> float:
+def lr_at(step: int, cfg: SFTConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
@@ -261,7 +261,7 @@ def _lr_at(step: int, cfg: SFTConfig) -> float:
     return float(cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine))
 
 
-def _policy_config(cfg: SFTConfig, dataset: Dataset) -> PolicyConfig:
+def policy_config_for(cfg: SFTConfig, dataset: Dataset) -> PolicyConfig:
     """The configured policy, with data-given shapes filled in (image size, views, proprio dim)."""
     first = dataset[0]
     _, views, h, w, _ = first.images.shape
@@ -297,7 +297,7 @@ def _train_sft(cfg: SFTConfig, ctx: DistContext = SINGLE) -> Path:
     dataset = load_dataset(cfg.data)
     stats = load_statistics(cfg.data)
     targets = None
-    pcfg = _policy_config(cfg, dataset)
+    pcfg = policy_config_for(cfg, dataset)
     if cfg.stop_target == "per_task" and pcfg.k_max:  # checked now, not at the first step
         layout = SequenceLayout(0, pcfg.k_max, pcfg.chunk * pcfg.action_dim, pcfg.latent_group)
         _target_table(cfg, layout, sorted({ep.task for ep in dataset}))
@@ -332,7 +332,7 @@ def _train_sft(cfg: SFTConfig, ctx: DistContext = SINGLE) -> Path:
         ctx.load_optimizer(policy, opt, load_state(latest / "optimizer.pt"))
         for group in opt.param_groups:  # this config's decay (the lr is set every step)
             group["weight_decay"] = cfg.weight_decay
-        step = _resume_step(latest, gen)
+        step = resume_step(latest, gen)
         print(f"resuming SFT in {out_dir} from step {step}")
     if ctx.is_main:
         write_record(out_dir, cfg, changes, step)  # every setting checked: the run has started
@@ -344,13 +344,13 @@ def _train_sft(cfg: SFTConfig, ctx: DistContext = SINGLE) -> Path:
     try:
         while step < cfg.steps:
             for group in opt.param_groups:
-                group["lr"] = _lr_at(step, cfg)
+                group["lr"] = lr_at(step, cfg)
             idx = torch.randint(n, (min(cfg.batch_size, n),), generator=gen)
             idx, shard_gen = ctx.shard_batch(idx, gen)  # this rank's share of the batch
             loss, metrics = sft_loss(policy, data, idx, cfg, shard_gen)
             weight, finite = ctx.batch_weight(len(idx), bool(torch.isfinite(loss)))  # finite on every rank
             if not finite:
-                raise FloatingPointError(f"non-finite SFT loss at step {step + 1}; {_kept(mgr)}")
+                raise FloatingPointError(f"non-finite SFT loss at step {step + 1}; {kept_checkpoint(mgr)}")
             opt.zero_grad(set_to_none=True)
             (loss * weight).backward()
             ctx.average_grads(trainable)
@@ -368,10 +368,12 @@ def _train_sft(cfg: SFTConfig, ctx: DistContext = SINGLE) -> Path:
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 # a finite loss can still give non-finite weights: never keep them as "good"
                 if not all_finite(policy):
-                    raise FloatingPointError(f"non-finite weights after SFT step {step}; {_kept(mgr)}")
+                    raise FloatingPointError(
+                        f"non-finite weights after SFT step {step}; {kept_checkpoint(mgr)}"
+                    )
                 with ctx.for_saving(policy, opt) as (full, full_opt):
                     if ctx.is_main:
-                        _save(mgr, full, full_opt, gen, step)
+                        save_state(mgr, full, full_opt, gen, step)
     finally:
         bar.close()
         logger.close()
@@ -384,7 +386,7 @@ def _train_sft(cfg: SFTConfig, ctx: DistContext = SINGLE) -> Path:
     return final
 
 
-def _kept(mgr: CheckpointManager) -> str:
+def kept_checkpoint(mgr: CheckpointManager) -> str:
     """Which checkpoint a stopped run keeps, for its message."""
     good = mgr.latest()
     if good is None:
@@ -392,7 +394,7 @@ def _kept(mgr: CheckpointManager) -> str:
     return f"the last good checkpoint is kept ({good.name}); lower lr and rerun with allow_changes=lr to resume from it"
 
 
-def _save(
+def save_state(
     mgr: CheckpointManager, policy: LastR1Policy, opt: torch.optim.Optimizer, gen: torch.Generator, step: int
 ) -> None:
     def write(d: Path) -> None:

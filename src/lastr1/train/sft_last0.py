@@ -47,13 +47,13 @@ from lastr1.train.run_dir import writable_dir
 from lastr1.train.run_record import config_changes, resume_point, write_record
 from lastr1.train.sft import (
     SFTConfig,
-    _action_chunks,
-    _kept,
-    _lr_at,
-    _policy_config,
-    _resume_step,
-    _save,
-    _shift,
+    action_chunks,
+    kept_checkpoint,
+    lr_at,
+    policy_config_for,
+    resume_step,
+    save_state,
+    shift_images,
 )
 
 VISION_TEACHERS = ("dinov2", "hf")
@@ -118,7 +118,7 @@ def keyframe_targets(cfg: SFTConfig, pcfg: PolicyConfig, out_dir: Path) -> list[
 
 
 def build_data(dataset: Dataset, policy: Last0Policy, targets: list[torch.Tensor]) -> Last0Data:
-    chunks = np.concatenate([_action_chunks(ep.actions, policy.config.chunk) for ep in dataset])
+    chunks = np.concatenate([action_chunks(ep.actions, policy.config.chunk) for ep in dataset])
     starts, offset = [], 0
     for ep in dataset:
         starts += [offset] * len(ep)
@@ -137,7 +137,7 @@ def _inputs(
     policy: Last0Policy, data: Last0Data, idx: torch.Tensor, shift: int, gen: torch.Generator
 ) -> PolicyInputs:
     obs = Observation(
-        images=_shift(data.images[idx], shift, gen).numpy(),
+        images=shift_images(data.images[idx], shift, gen).numpy(),
         proprio=data.proprio[idx].numpy(),
         instruction=[data.instructions[i] for i in idx.tolist()],
         privileged=np.zeros((len(idx), 0), np.float32),
@@ -193,7 +193,7 @@ def train_sft_last0(cfg: SFTConfig) -> Path:
     changes = config_changes(out_dir, cfg, cfg.allow_changes) if latest is not None else {}
     dataset = load_dataset(cfg.data)
     stats = load_statistics(cfg.data)
-    pcfg = _policy_config(cfg, dataset)
+    pcfg = policy_config_for(cfg, dataset)
     targets = keyframe_targets(cfg, pcfg, out_dir)
     dims = tuple(int(t.shape[-1]) for t in targets)
     pcfg = dataclasses.replace(pcfg, last0=dataclasses.replace(pcfg.last0, target_dims=dims))
@@ -211,7 +211,7 @@ def train_sft_last0(cfg: SFTConfig) -> Path:
         opt.load_state_dict(load_state(latest / "optimizer.pt"))
         for group in opt.param_groups:
             group["weight_decay"] = cfg.weight_decay
-        step = _resume_step(latest, gen)
+        step = resume_step(latest, gen)
         print(f"resuming LaST0 SFT in {out_dir} from step {step}")
     write_record(out_dir, cfg, changes, step)
     logger = MetricsLogger(out_dir, resume_step=step if latest else None)
@@ -222,11 +222,11 @@ def train_sft_last0(cfg: SFTConfig) -> Path:
     try:
         while step < cfg.steps:
             for group in opt.param_groups:
-                group["lr"] = _lr_at(step, cfg)
+                group["lr"] = lr_at(step, cfg)
             idx = torch.randint(n, (min(cfg.batch_size, n),), generator=gen)
             loss, metrics = last0_loss(policy, data, idx, cfg, gen)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite SFT loss at step {step + 1}; {_kept(mgr)}")
+                raise FloatingPointError(f"non-finite SFT loss at step {step + 1}; {kept_checkpoint(mgr)}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
@@ -241,8 +241,10 @@ def train_sft_last0(cfg: SFTConfig) -> Path:
             bar.update(1)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 if not all_finite(policy):
-                    raise FloatingPointError(f"non-finite weights after SFT step {step}; {_kept(mgr)}")
-                _save(mgr, policy, opt, gen, step)  # type: ignore[arg-type]
+                    raise FloatingPointError(
+                        f"non-finite weights after SFT step {step}; {kept_checkpoint(mgr)}"
+                    )
+                save_state(mgr, policy, opt, gen, step)  # type: ignore[arg-type]
     finally:
         bar.close()
         logger.close()
