@@ -763,19 +763,7 @@ class LastR1Policy(nn.Module):
         decoding) and ``dataset_statistics.json`` to ``directory``; a Qwen3-VL backbone goes to
         ``backbone/`` in the HF layout (loadable by transformers alone) and the rest to
         ``model.safetensors``."""
-        from safetensors.torch import save_file
-
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in own_state(self).items()}
-        save_file(state, str(path / WEIGHTS_FILE))
-        save_external(self, path)
-        (path / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
-        (path / DECODE_FILE).write_text(json.dumps(dataclasses.asdict(self.decode), indent=2))
-        if not self.backbone_run.is_default:  # absent = the defaults (every tiny policy)
-            (path / RUN_FILE).write_text(json.dumps(dataclasses.asdict(self.backbone_run), indent=2))
-        (path / STATS_FILE).write_text(json.dumps(self.stats, indent=2))
-        return path
+        return write_policy_folder(self, directory)
 
     @classmethod
     def from_pretrained(
@@ -855,3 +843,22 @@ class LastR1Policy(nn.Module):
                 f"unexpected {result.unexpected_keys[:5]}"
             )
         return policy.to(device)
+
+
+def write_policy_folder(policy: Any, directory: str | Path) -> Path:
+    """The policy folder both families write: ``model.safetensors`` (own weights), an external
+    backbone in ``backbone/`` (HF layout), ``config.json``, ``decode.json``, non-default
+    ``backbone_run.json`` and ``dataset_statistics.json``."""
+    from safetensors.torch import save_file
+
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in own_state(policy).items()}
+    save_file(state, str(path / WEIGHTS_FILE))
+    save_external(policy, path)
+    (path / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(policy.config), indent=2))
+    (path / DECODE_FILE).write_text(json.dumps(dataclasses.asdict(policy.decode), indent=2))
+    if not policy.backbone_run.is_default:  # absent = the defaults (every tiny policy)
+        (path / RUN_FILE).write_text(json.dumps(dataclasses.asdict(policy.backbone_run), indent=2))
+    (path / STATS_FILE).write_text(json.dumps(policy.stats, indent=2))
+    return path

@@ -34,8 +34,6 @@ from lastr1.models.backbones.factory import (
     BACKBONE_DIR,
     EXTERNAL,
     is_external_key,
-    own_state,
-    save_external,
 )
 from lastr1.models.backbones.run_settings import RUN_FILE, BackboneRunConfig
 from lastr1.models.backbones.tiny import HashWordTokenizer, KVCache, ProprioEncoder, TinyConfig
@@ -53,6 +51,7 @@ from lastr1.models.policy import (
     LastR1Policy,
     PolicyConfig,
     action_codec,
+    write_policy_folder,
 )
 from lastr1.models.policy_io import PolicyInputs, _TensorData
 
@@ -496,19 +495,7 @@ class Last0Policy(nn.Module):
         ``dataset_statistics.json``: the LaST-R1 folder layout. On Qwen3-VL the reasoning expert (the
         HF model) goes to ``backbone/`` in the HF layout, as LaST-R1 saves it, and the acting copy with
         the rest to ``model.safetensors``; non-default run settings to ``backbone_run.json``."""
-        from safetensors.torch import save_file
-
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in own_state(self).items()}
-        save_file(state, str(path / WEIGHTS_FILE))
-        save_external(self, path)
-        (path / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
-        (path / DECODE_FILE).write_text(json.dumps(dataclasses.asdict(self.decode), indent=2))
-        if not self.backbone_run.is_default:  # absent = the defaults (every tiny policy)
-            (path / RUN_FILE).write_text(json.dumps(dataclasses.asdict(self.backbone_run), indent=2))
-        (path / STATS_FILE).write_text(json.dumps(self.stats, indent=2))
-        return path
+        return write_policy_folder(self, directory)
 
     @classmethod
     def from_pretrained(
